@@ -1,0 +1,17 @@
+//! Shared runtime for every shortlink component: telemetry (JSON logs and
+//! optional OTLP traces), Prometheus metrics, the circuit breaker, graceful
+//! shutdown, the HTTP side port (`/live`, `/ready`, `/health`, `/metrics`),
+//! request ids and the gRPC observability layer. Components build on this
+//! crate instead of copying these pieces.
+
+pub mod breaker;
+pub mod config;
+pub mod grpc_layer;
+pub mod metrics;
+pub mod request_id;
+pub mod shutdown;
+pub mod side_port;
+pub mod telemetry;
+
+/// The version every component reports in `/health` and logs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

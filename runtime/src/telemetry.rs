@@ -1,0 +1,113 @@
+//! Logs and traces. Logs are JSON lines (or human-readable text) through
+//! `tracing`, carrying the request id and trace id of the current RPC span.
+//! When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over
+//! OTLP/gRPC; otherwise no exporter runs.
+
+use std::str::FromStr;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "text" => Ok(Self::Text),
+            other => Err(format!("unknown log format {other:?}; use json or text")),
+        }
+    }
+}
+
+/// Logging and tracing flags shared by every subcommand.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log line format: json or text.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json", global = true)]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` EnvFilter syntax.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+    /// OTLP/gRPC endpoint for trace export (e.g. http://127.0.0.1:4317);
+    /// unset means no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Flushes and shuts down the trace exporter when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. Safe to call more than once (later calls
+/// keep the first subscriber), which tests rely on.
+pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_new(&args.log_level)
+        .map_err(|e| anyhow::anyhow!("invalid LOG_LEVEL {:?}: {e}", args.log_level))?;
+
+    let provider = match &args.otlp_endpoint {
+        Some(ep) if !ep.is_empty() => {
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(ep.clone())
+                .build()?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+        _ => None,
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let res = match args.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_target(true),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .try_init(),
+    };
+    if res.is_err() {
+        // Already initialised in this process (tests start many apps).
+    }
+    Ok(TelemetryGuard { provider })
+}

@@ -1,0 +1,332 @@
+//! Start-up and shutdown of `shortlink links`: `App::build` connects the
+//! store (retrying while the database comes up), picks the cache, binds
+//! both listeners; `run_until_stopped` serves gRPC (with health and
+//! reflection) and the HTTP side port until the shutdown signal, then drains
+//! and closes the pool.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::{Map, json};
+use shortlink_proto::v1::event_service_server::EventServiceServer;
+use shortlink_proto::v1::link_service_server::LinkServiceServer;
+use shortlink_proto::v1::user_service_server::UserServiceServer;
+use shortlink_runtime::breaker::State;
+use shortlink_runtime::grpc_layer::ObservabilityLayer;
+use shortlink_runtime::metrics::{Metrics, RpcMetrics};
+use shortlink_runtime::shutdown::Shutdown;
+use shortlink_runtime::side_port::{self, HealthCheck, HealthReport};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::cache::{Cache, MemoryCache, NoCache, RedisCache};
+use crate::config::LinksConfig;
+use crate::grpc::{EventApi, LinkApi, UserApi};
+use crate::service::LinksCore;
+use crate::store::{self, LinkStore, StoreConfig};
+
+/// gRPC service names published through grpc.health.v1 ("" is the server
+/// as a whole).
+pub const SERVICE_NAMES: [&str; 4] = [
+    "",
+    "shortlink.v1.LinkService",
+    "shortlink.v1.UserService",
+    "shortlink.v1.EventService",
+];
+
+/// Every RPC path, for bounded metric labels.
+fn rpc_paths() -> Vec<String> {
+    let methods: [(&str, &[&str]); 3] = [
+        (
+            "LinkService",
+            &[
+                "CreateLink",
+                "ResolveLink",
+                "GetLink",
+                "ListLinks",
+                "UpdateLink",
+                "DeleteLink",
+            ],
+        ),
+        (
+            "UserService",
+            &[
+                "CreateUser",
+                "GetUser",
+                "ListUsers",
+                "UpdateUser",
+                "DeleteUser",
+                "BulkCreateUsers",
+            ],
+        ),
+        ("EventService", &["ListEvents", "CreateEvent"]),
+    ];
+    let mut out: Vec<String> = methods
+        .iter()
+        .flat_map(|(svc, ms)| ms.iter().map(move |m| format!("/shortlink.v1.{svc}/{m}")))
+        .collect();
+    out.push("/grpc.health.v1.Health/Check".into());
+    out.push("/grpc.health.v1.Health/Watch".into());
+    out
+}
+
+/// Connects to the database, retrying for up to `retry` while it is
+/// unreachable (it may still be starting).
+pub async fn connect_store(
+    cfg: &StoreConfig,
+    retry: Duration,
+) -> anyhow::Result<Arc<dyn LinkStore>> {
+    let deadline = tokio::time::Instant::now() + retry;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store::connect(cfg).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "database not reachable yet; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.context("cannot connect to the database")),
+        }
+    }
+}
+
+/// Readiness and health of a links replica.
+struct LinksHealth {
+    core: Arc<LinksCore>,
+}
+
+impl HealthCheck for LinksHealth {
+    fn check(&self) -> BoxFuture<'_, HealthReport> {
+        async move {
+            let core = &self.core;
+            let db = tokio::time::timeout(Duration::from_secs(2), core.probe_database())
+                .await
+                .map_err(|_| "timed out".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let cache = tokio::time::timeout(Duration::from_secs(1), core.cache().ping())
+                .await
+                .map_err(|_| "timed out".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let breaker = core.breaker_state();
+            let pool = core.store().pool_stats();
+            let mut problems = Vec::new();
+            if let Err(e) = &db {
+                problems.push(format!("database: {e}"));
+            }
+            if breaker == State::Open {
+                problems.push("database circuit breaker is open".into());
+            }
+            if let Err(e) = &cache {
+                problems.push(format!("cache: {e}"));
+            }
+            let ready = db.is_ok() && breaker != State::Open;
+            let mut details = Map::new();
+            details.insert(
+                "database".into(),
+                json!({"backend": core.store().backend(), "status": if db.is_ok() {"up"} else {"down"}}),
+            );
+            details.insert(
+                "cache".into(),
+                json!({"backend": core.cache().backend(), "status": if cache.is_ok() {"up"} else {"down"}}),
+            );
+            details.insert("breaker".into(), json!({"state": breaker.as_str()}));
+            details.insert(
+                "pool".into(),
+                json!({"in_use": pool.size.saturating_sub(pool.idle), "idle": pool.idle, "max": pool.max}),
+            );
+            HealthReport {
+                ready,
+                healthy: ready && cache.is_ok(),
+                problems,
+                details,
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A built, bound, not yet serving links service.
+pub struct App {
+    core: Arc<LinksCore>,
+    metrics: Arc<Metrics>,
+    grpc: TcpListener,
+    http: TcpListener,
+    instance: String,
+    health_interval: Duration,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl App {
+    /// Connects dependencies and binds both listeners (port 0 picks a free
+    /// port; see `grpc_addr` and `http_addr`).
+    pub async fn build(cfg: LinksConfig) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let store_cfg = cfg.db.store_config()?;
+        let store =
+            connect_store(&store_cfg, Duration::from_secs(cfg.db.db_connect_retry_s)).await?;
+        let cache: Arc<dyn Cache> = if cfg.cache_disabled {
+            Arc::new(NoCache)
+        } else if let Some(r) = cfg.redis() {
+            Arc::new(RedisCache::new(r)?)
+        } else {
+            Arc::new(MemoryCache::new(cfg.cache_capacity))
+        };
+        let grpc = TcpListener::bind(cfg.grpc_addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on LINKS_GRPC_ADDR {}: {e}", cfg.grpc_addr)
+        })?;
+        let http = TcpListener::bind(cfg.http_addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on LINKS_HTTP_ADDR {}: {e}", cfg.http_addr)
+        })?;
+        let instance = cfg.instance_id.clone().unwrap_or_else(|| {
+            format!("links-{}", grpc.local_addr().map(|a| a.port()).unwrap_or(0))
+        });
+        let metrics = Metrics::new("links", &instance);
+        let core = LinksCore::new(store, cache, cfg.breaker(), cfg.cache_policy(), &metrics);
+        tracing::info!(
+            database = core.store().backend(),
+            cache = core.cache().backend(),
+            grpc = %grpc.local_addr()?,
+            http = %http.local_addr()?,
+            "links service built"
+        );
+        Ok(Self {
+            core,
+            metrics,
+            grpc,
+            http,
+            instance,
+            health_interval: Duration::from_millis(cfg.health_interval_ms.max(100)),
+            grace: Duration::from_secs(cfg.shutdown_grace_s),
+        })
+    }
+
+    /// Where gRPC is served.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Where the side port is served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The core, for in-process callers (the all-in-one `up`).
+    pub fn core(&self) -> Arc<LinksCore> {
+        self.core.clone()
+    }
+
+    /// Serves until `shutdown` fires, then: reports NOT_SERVING, stops
+    /// accepting, waits up to the grace period for in-flight calls, and
+    /// closes the database pool.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(shortlink_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(shortlink_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let health = Arc::new(LinksHealth {
+            core: self.core.clone(),
+        });
+
+        // Publish readiness to grpc.health.v1 until shutdown.
+        let health_loop = {
+            let health = health.clone();
+            let reporter = reporter.clone();
+            let shutdown = shutdown.clone();
+            let interval = self.health_interval;
+            tokio::spawn(async move {
+                let mut last = None;
+                loop {
+                    let report = health.check().await;
+                    let status = if report.ready {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    if last != Some(report.ready) {
+                        if report.ready {
+                            tracing::info!("ready: serving");
+                        } else {
+                            tracing::warn!(problems = ?report.problems, "not ready");
+                        }
+                        last = Some(report.ready);
+                    }
+                    for name in SERVICE_NAMES {
+                        reporter.set_service_status(name, status).await;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(interval) => {}
+                        () = shutdown.wait() => break,
+                    }
+                }
+                for name in SERVICE_NAMES {
+                    reporter
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+            })
+        };
+
+        let layer = ObservabilityLayer::new(RpcMetrics::new(&self.metrics), rpc_paths());
+        let grpc_shutdown = shutdown.clone();
+        let grpc = tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(LinkServiceServer::new(LinkApi(self.core.clone())))
+            .add_service(UserServiceServer::new(UserApi(self.core.clone())))
+            .add_service(EventServiceServer::new(EventApi(self.core.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async move {
+                grpc_shutdown.wait().await;
+            });
+
+        let router =
+            side_port::router("links", self.instance.clone(), self.metrics.clone(), health);
+        let http = side_port::serve(self.http, router, shutdown.clone());
+
+        let grace = self.grace;
+        let drained = async {
+            tokio::try_join!(async { grpc.await.map_err(anyhow::Error::from) }, async {
+                http.await.map_err(anyhow::Error::from)
+            },)
+        };
+        tokio::pin!(drained);
+        let result = tokio::select! {
+            r = &mut drained => r.map(|_| ()),
+            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period over; abandoning in-flight calls");
+                Ok(())
+            }
+        };
+        let _ = health_loop.await;
+        self.core.store().close().await;
+        tracing::info!("links service stopped");
+        result
+    }
+}
