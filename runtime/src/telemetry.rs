@@ -64,8 +64,9 @@ impl Drop for TelemetryGuard {
 /// keep the first subscriber), which tests rely on.
 pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_new(&args.log_level)
-        .map_err(|e| anyhow::anyhow!("invalid LOG_LEVEL {:?}: {e}", args.log_level))?;
+    let filter = EnvFilter::try_new(&args.log_level).map_err(|e| {
+        crate::config::ConfigError::new(format!("invalid LOG_LEVEL {:?}: {e}", args.log_level))
+    })?;
 
     let provider = match &args.otlp_endpoint {
         Some(ep) if !ep.is_empty() => {

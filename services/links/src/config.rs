@@ -39,7 +39,15 @@ impl DatabaseArgs {
     /// the embedded default.
     pub fn store_config(&self) -> Result<StoreConfig, ConfigError> {
         let url = match &self.database_url {
-            Some(u) if !u.is_empty() => u.clone(),
+            Some(u) if !u.is_empty() => {
+                let known = ["postgres://", "postgresql://", "sqlite:"];
+                if !known.iter().any(|p| u.starts_with(p)) {
+                    return Err(ConfigError::new(
+                        "DATABASE_URL must start with postgres://, postgresql:// or sqlite:",
+                    ));
+                }
+                u.clone()
+            }
             _ => {
                 std::fs::create_dir_all(&self.data_dir).map_err(|e| {
                     ConfigError::new(format!(

@@ -1,0 +1,220 @@
+//! Test kit shared by the integration and end-to-end tests: fresh
+//! PostgreSQL databases, Redis checks, a cuttable TCP proxy, a tiny HTTP
+//! client, free ports and polling. Missing services fail loudly with
+//! instructions, never skip.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::Connection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+/// Administrative PostgreSQL URL (a database that always exists).
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Redis for tests.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn random_suffix() -> String {
+    let v: u64 = rand::rng().random();
+    format!("{v:016x}")
+}
+
+/// A fresh, randomly named PostgreSQL database, dropped when this value is
+/// dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = pg_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {admin} ({e}). Start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                 or run ./scripts/test.sh, which checks it; set TEST_PG_ADMIN_URL to use another server."
+            )
+        });
+        let name = format!("shortlink_test_{}", random_suffix());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin)
+            .to_owned();
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; use a private runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Fails with instructions when Redis is not reachable.
+pub async fn require_redis() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).expect("valid redis url");
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        other => panic!(
+            "Redis is not reachable at {url} ({other:?}). Start it with \
+             `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no` \
+             or run ./scripts/test.sh; set TEST_REDIS_URL to use another server."
+        ),
+    }
+}
+
+/// A minimal HTTP/1.1 GET: returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect side port");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A TCP proxy that can be cut (closing its listener and every open
+/// connection) and restored on the same port: "the database went away".
+pub struct Proxy {
+    pub addr: SocketAddr,
+    target: String,
+    up: Arc<AtomicBool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Arc<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let p = Arc::new(Self {
+            addr,
+            target: target.to_owned(),
+            up: Arc::new(AtomicBool::new(true)),
+            task: Mutex::new(None),
+            conns: Arc::new(Mutex::new(Vec::new())),
+        });
+        p.serve(listener).await;
+        p
+    }
+
+    async fn serve(&self, listener: TcpListener) {
+        let target = self.target.clone();
+        let conns = self.conns.clone();
+        let up = self.up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    break;
+                };
+                if !up.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns.lock().await.push(h);
+            }
+        });
+        *self.task.lock().await = Some(task);
+    }
+
+    /// Closes the listener and kills every proxied connection.
+    pub async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        if let Some(t) = self.task.lock().await.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        for c in self.conns.lock().await.drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind proxy port");
+        self.up.store(true, Ordering::SeqCst);
+        self.serve(listener).await;
+    }
+}
+
+/// Polls `f` every 100 ms until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port that was free a moment ago (for child processes that
+/// need a fixed address).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
