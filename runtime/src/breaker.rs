@@ -252,6 +252,10 @@ impl CircuitBreaker {
             g.probe_in_flight = false;
         }
         match g.state {
+            State::HalfOpen if !probe => {
+                // A call admitted before the breaker opened; only the probe
+                // decides what happens next.
+            }
             State::HalfOpen => {
                 if ok {
                     g.consecutive = 0;
@@ -413,13 +417,25 @@ mod tests {
         let probe = b.try_acquire().expect("slot freed");
         probe.success();
         assert_eq!(b.state(), State::Closed);
+        // A straggler admitted while closed finishing during half-open
+        // decides nothing.
+        for _ in 0..3 {
+            let _ = fail(&b).await;
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = b.try_acquire().expect("probe admitted");
+        b.record(false, false);
+        assert_eq!(b.state(), State::HalfOpen);
+        probe.success();
+        assert_eq!(b.state(), State::Closed);
         assert_eq!(
-            *seen.lock().unwrap(),
+            seen.lock().unwrap()[..3],
             vec![
                 (State::Closed, State::Open),
                 (State::Open, State::HalfOpen),
                 (State::HalfOpen, State::Closed)
             ]
         );
+        assert_eq!(seen.lock().unwrap().len(), 6);
     }
 }

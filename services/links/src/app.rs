@@ -85,7 +85,7 @@ pub async fn connect_store(
     loop {
         match store::connect(cfg).await {
             Ok(s) => return Ok(s),
-            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+            Err(e) if is_unreachable(&e) && tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "database not reachable yet; retrying"
@@ -98,6 +98,17 @@ pub async fn connect_store(
     }
 }
 
+/// True when the error says the database could not be reached (worth
+/// retrying), as opposed to a bad URL, bad credentials or a failed migration.
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))
+        ) || c.downcast_ref::<std::io::Error>().is_some()
+    })
+}
+
 /// Readiness and health of a links replica.
 struct LinksHealth {
     core: Arc<LinksCore>,
@@ -107,10 +118,7 @@ impl HealthCheck for LinksHealth {
     fn check(&self) -> BoxFuture<'_, HealthReport> {
         async move {
             let core = &self.core;
-            let db = tokio::time::timeout(Duration::from_secs(2), core.probe_database())
-                .await
-                .map_err(|_| "timed out".to_owned())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            let db = core.probe_database(Duration::from_secs(2)).await.map_err(|e| e.to_string());
             let cache = tokio::time::timeout(Duration::from_secs(1), core.cache().ping())
                 .await
                 .map_err(|_| "timed out".to_owned())
@@ -161,6 +169,7 @@ pub struct App {
     http: TcpListener,
     instance: String,
     health_interval: Duration,
+    delay: Duration,
     grace: Duration,
 }
 
@@ -212,6 +221,7 @@ impl App {
             http,
             instance,
             health_interval: Duration::from_millis(cfg.health_interval_ms.max(100)),
+            delay: Duration::from_millis(cfg.shutdown_delay_ms),
             grace: Duration::from_secs(cfg.shutdown_grace_s),
         })
     }
@@ -293,7 +303,18 @@ impl App {
         };
 
         let layer = ObservabilityLayer::new(RpcMetrics::new(&self.metrics), rpc_paths());
-        let grpc_shutdown = shutdown.clone();
+        // Servers stop `delay` after the signal; health says NOT_SERVING at once.
+        let delay = self.delay;
+        let stop = Shutdown::new();
+        {
+            let (shutdown, stop) = (shutdown.clone(), stop.clone());
+            tokio::spawn(async move {
+                shutdown.wait().await;
+                tokio::time::sleep(delay).await;
+                stop.trigger();
+            });
+        }
+        let grpc_shutdown = stop.clone();
         let grpc = tonic::transport::Server::builder()
             .layer(layer)
             .add_service(health_service)
@@ -308,7 +329,7 @@ impl App {
 
         let router =
             side_port::router("links", self.instance.clone(), self.metrics.clone(), health);
-        let http = side_port::serve(self.http, router, shutdown.clone());
+        let http = side_port::serve(self.http, router, stop.clone());
 
         let grace = self.grace;
         let drained = async {
@@ -319,7 +340,7 @@ impl App {
         tokio::pin!(drained);
         let result = tokio::select! {
             r = &mut drained => r.map(|_| ()),
-            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+            () = async { stop.wait().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period over; abandoning in-flight calls");
                 Ok(())
             }

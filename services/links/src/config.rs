@@ -128,6 +128,10 @@ pub struct LinksConfig {
     /// to grpc.health.v1, in milliseconds.
     #[arg(long, env = "HEALTH_INTERVAL_MS", default_value_t = 1000)]
     pub health_interval_ms: u64,
+    /// After a shutdown signal, keep serving this long while health reports
+    /// NOT_SERVING, so balancers stop sending before the listener closes (ms).
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 1000)]
+    pub shutdown_delay_ms: u64,
     /// Longest wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_S", default_value_t = 20)]
     pub shutdown_grace_s: u64,
@@ -165,13 +169,6 @@ impl LinksConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The instance name.
-    pub fn instance(&self) -> String {
-        self.instance_id
-            .clone()
-            .unwrap_or_else(|| format!("links-{}", self.grpc_addr.port()))
     }
 
     pub fn breaker(&self) -> BreakerConfig {

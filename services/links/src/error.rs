@@ -61,6 +61,9 @@ impl From<StoreError> for ServiceError {
                     "the database cannot be reached; try again shortly".into(),
                 )
             }
+            StoreError::Timeout => ServiceError::Unavailable(
+                "the database did not answer in time; try again shortly".into(),
+            ),
             StoreError::Other(cause) => ServiceError::Internal(cause.into()),
         }
     }

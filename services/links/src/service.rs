@@ -195,8 +195,14 @@ impl LinksCore {
 
     /// Pings the database through the breaker: the health loop's probe, so
     /// an open breaker recovers even when no traffic arrives.
-    pub async fn probe_database(&self) -> Result<(), ServiceError> {
-        self.db(self.store.ping()).await
+    /// A probe that does not answer within `limit` counts as a failure.
+    pub async fn probe_database(&self, limit: Duration) -> Result<(), ServiceError> {
+        let ping = async {
+            tokio::time::timeout(limit, self.store.ping())
+                .await
+                .unwrap_or(Err(StoreError::Timeout))
+        };
+        self.db(ping).await
     }
 
     async fn cache_get(&self, code: &str) -> Option<Cached> {

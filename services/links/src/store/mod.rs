@@ -50,6 +50,9 @@ pub enum StoreError {
     /// The database cannot be reached or is shutting down.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The database did not answer in time.
+    #[error("database timed out")]
+    Timeout,
     /// Anything else: a bug or an unexpected database error.
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
@@ -59,7 +62,7 @@ impl StoreError {
     /// True when the error says the database is unhealthy (counts against
     /// the circuit breaker).
     pub fn is_outage(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout)
     }
 }
 

@@ -38,6 +38,7 @@ pub fn base_config(database_url: Option<String>, redis_url: Option<String>) -> L
     cfg.cache_disabled = false;
     cfg.health_interval_ms = 200;
     cfg.shutdown_grace_s = 5;
+    cfg.shutdown_delay_ms = 0;
     cfg
 }
 

@@ -1,0 +1,314 @@
+//! Balancing over the links replicas: least in-flight requests (not TCP
+//! connections: one HTTP/2 connection carries many calls), active
+//! `grpc.health.v1` checks with rise/fall thresholds, passive ejection when
+//! a connection fails, and retry of idempotent calls on another replica.
+//!
+//! A replica starts out of rotation and joins after its first passing
+//! check. A connection failure takes it out at once; the next passing
+//! check brings it back.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use shortlink_runtime::metrics::Metrics;
+use shortlink_runtime::shutdown::Shutdown;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Balancer settings.
+#[derive(Clone, Debug)]
+pub struct BalanceConfig {
+    /// Time between active checks of each replica.
+    pub interval: Duration,
+    /// Bound on one check.
+    pub check_timeout: Duration,
+    /// Consecutive passing checks that put a replica in rotation.
+    pub healthy_after: u32,
+    /// Consecutive failing checks that take it out.
+    pub unhealthy_after: u32,
+    /// Bound on one upstream call.
+    pub call_timeout: Duration,
+    /// Further attempts on other replicas after a connection failure.
+    pub retries: usize,
+}
+
+/// One links replica.
+#[derive(Debug)]
+pub struct Replica {
+    /// `host:port` as configured; also the metric label (bounded by config).
+    pub addr: String,
+    channel: Channel,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+}
+
+impl Replica {
+    /// Calls in flight on this replica now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is in rotation.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// What went wrong with an upstream call.
+#[derive(Debug)]
+pub enum CallError {
+    /// No replica is in rotation.
+    NoReplica,
+    /// The replica answered with a gRPC status (a real answer, to be mapped
+    /// to HTTP), or the call failed in transport and no retry was allowed
+    /// or left.
+    Status(tonic::Status),
+}
+
+#[derive(Clone)]
+struct BalanceMetrics {
+    in_flight: IntGaugeVec,
+    selections: IntCounterVec,
+    healthy: IntGaugeVec,
+    failures: IntCounterVec,
+}
+
+/// The replica set. Cheap to share (`Arc`).
+pub struct Upstreams {
+    replicas: Vec<Arc<Replica>>,
+    cfg: BalanceConfig,
+    rotate: AtomicUsize,
+    metrics: BalanceMetrics,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams").field("replicas", &self.replicas).finish()
+    }
+}
+
+/// True when the status says the call never reached a working replica
+/// (connection refused, reset, broken HTTP/2), as opposed to an answer from
+/// the service, which carries its own message.
+pub fn is_connection_failure(s: &tonic::Status) -> bool {
+    if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown && s.code() != tonic::Code::Cancelled {
+        return false;
+    }
+    if s.message().starts_with("database unavailable") {
+        return false;
+    }
+    let m = s.message();
+    std::error::Error::source(s).is_some()
+        || m.contains("transport error")
+        || m.contains("connect")
+        || m.contains("connection")
+        || m.contains("h2 protocol error")
+        || m.contains("broken pipe")
+}
+
+/// True when nothing was sent (the connection could not be made), so even
+/// a non-idempotent call may be tried elsewhere.
+fn is_connect_failure(s: &tonic::Status) -> bool {
+    let m = s.message();
+    m.contains("tcp connect error") || m.contains("error trying to connect") || m.contains("Connection refused")
+}
+
+impl Upstreams {
+    /// Creates lazily connected channels. Must run inside the tokio runtime
+    /// that will drive them (the edge's client runtime).
+    pub fn new(addrs: &[String], cfg: BalanceConfig, metrics: &Metrics) -> anyhow::Result<Arc<Self>> {
+        anyhow::ensure!(!addrs.is_empty(), "at least one links upstream is required");
+        let mut replicas = Vec::new();
+        for a in addrs {
+            let endpoint = Endpoint::from_shared(format!("http://{a}"))
+                .map_err(|e| anyhow::anyhow!("bad upstream address {a:?}: {e}"))?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(cfg.call_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true);
+            replicas.push(Arc::new(Replica {
+                addr: a.clone(),
+                channel: endpoint.connect_lazy(),
+                in_flight: AtomicUsize::new(0),
+                healthy: AtomicBool::new(false),
+                ok_streak: AtomicU32::new(0),
+                fail_streak: AtomicU32::new(0),
+            }));
+        }
+        let m = BalanceMetrics {
+            in_flight: metrics.register(
+                IntGaugeVec::new(Opts::new("upstream_in_flight", "Calls in flight per links replica."), &["replica"])
+                    .expect("valid metric"),
+            ),
+            selections: metrics.register(
+                IntCounterVec::new(
+                    Opts::new("upstream_selections_total", "Times each links replica was picked."),
+                    &["replica"],
+                )
+                .expect("valid metric"),
+            ),
+            healthy: metrics.register(
+                IntGaugeVec::new(
+                    Opts::new("upstream_healthy", "1 when the replica is in rotation, else 0."),
+                    &["replica"],
+                )
+                .expect("valid metric"),
+            ),
+            failures: metrics.register(
+                IntCounterVec::new(
+                    Opts::new(
+                        "upstream_failures_total",
+                        "Upstream failures by replica and kind (connection, timeout, health_check).",
+                    ),
+                    &["replica", "kind"],
+                )
+                .expect("valid metric"),
+            ),
+        };
+        for r in &replicas {
+            m.healthy.with_label_values(&[&r.addr]).set(0);
+            m.in_flight.with_label_values(&[&r.addr]).set(0);
+        }
+        Ok(Arc::new(Self {
+            replicas,
+            cfg,
+            rotate: AtomicUsize::new(0),
+            metrics: m,
+        }))
+    }
+
+    /// The replicas, for health reporting.
+    pub fn replicas(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    /// Healthy replicas right now.
+    pub fn healthy_count(&self) -> usize {
+        self.replicas.iter().filter(|r| r.is_healthy()).count()
+    }
+
+    /// Least in-flight among healthy replicas not yet tried; ties go to the
+    /// next one in rotation, so equal replicas share the load.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let n = self.replicas.len();
+        let start = self.rotate.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let r = &self.replicas[i];
+            if tried.contains(&i) || !r.is_healthy() {
+                continue;
+            }
+            let load = r.in_flight();
+            if best.is_none_or(|(_, b)| load < b) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn eject(&self, r: &Replica, kind: &str) {
+        self.metrics.failures.with_label_values(&[&r.addr, kind]).inc();
+        if r.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(replica = %r.addr, kind, "links replica ejected after a failed call");
+            self.metrics.healthy.with_label_values(&[&r.addr]).set(0);
+        }
+        r.ok_streak.store(0, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the least-loaded healthy replica. When the connection
+    /// fails, the replica is ejected and, if the call is `idempotent` (or
+    /// nothing was sent), it is tried on another replica, up to the retry
+    /// budget. Returns the value and the replica that produced it.
+    pub async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<(T, Arc<Replica>), CallError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut tried = Vec::new();
+        let mut last: Option<tonic::Status> = None;
+        while tried.len() <= self.cfg.retries {
+            let Some(i) = self.pick(&tried) else { break };
+            tried.push(i);
+            let r = self.replicas[i].clone();
+            self.metrics.selections.with_label_values(&[&r.addr]).inc();
+            r.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.metrics.in_flight.with_label_values(&[&r.addr]).inc();
+            let res = f(r.channel.clone()).await;
+            r.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.in_flight.with_label_values(&[&r.addr]).dec();
+            match res {
+                Ok(v) => return Ok((v, r)),
+                Err(s) if is_connection_failure(&s) => {
+                    self.eject(&r, "connection");
+                    let retry = idempotent || is_connect_failure(&s);
+                    tracing::warn!(replica = %r.addr, error = %s.message(), retry, "upstream connection failed");
+                    last = Some(s);
+                    if !retry {
+                        break;
+                    }
+                }
+                Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+                    self.metrics.failures.with_label_values(&[&r.addr, "timeout"]).inc();
+                    return Err(CallError::Status(s));
+                }
+                Err(s) => return Err(CallError::Status(s)),
+            }
+        }
+        match last {
+            Some(s) => Err(CallError::Status(s)),
+            None => Err(CallError::NoReplica),
+        }
+    }
+
+    /// Checks every replica once.
+    pub async fn check_all(&self) {
+        let checks = self.replicas.iter().map(|r| self.check(r));
+        futures::future::join_all(checks).await;
+    }
+
+    async fn check(&self, r: &Replica) {
+        let mut client = HealthClient::new(r.channel.clone());
+        let req = HealthCheckRequest { service: "shortlink.v1.LinkService".into() };
+        let ok = matches!(
+            tokio::time::timeout(self.cfg.check_timeout, client.check(req)).await,
+            Ok(Ok(resp)) if resp.get_ref().status == ServingStatus::Serving as i32
+        );
+        if ok {
+            r.fail_streak.store(0, Ordering::Relaxed);
+            let streak = r.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if streak >= self.cfg.healthy_after && !r.healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!(replica = %r.addr, "links replica in rotation");
+                self.metrics.healthy.with_label_values(&[&r.addr]).set(1);
+            }
+        } else {
+            r.ok_streak.store(0, Ordering::Relaxed);
+            let streak = r.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            self.metrics.failures.with_label_values(&[&r.addr, "health_check"]).inc();
+            if streak >= self.cfg.unhealthy_after && r.healthy.swap(false, Ordering::Relaxed) {
+                tracing::warn!(replica = %r.addr, "links replica out of rotation: health checks failing");
+                self.metrics.healthy.with_label_values(&[&r.addr]).set(0);
+            }
+        }
+    }
+
+    /// Checks every replica each interval until shutdown.
+    pub async fn run_health_checks(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            self.check_all().await;
+            tokio::select! {
+                () = tokio::time::sleep(self.cfg.interval) => {}
+                () = shutdown.wait() => return,
+            }
+        }
+    }
+}
