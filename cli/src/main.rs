@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shortlink_edge::EdgeConfig;
 use shortlink_links::config::DatabaseArgs;
 use shortlink_links::{App, LinksConfig};
 use shortlink_runtime::config::{ConfigError, EXIT_CONFIG};
@@ -27,12 +28,16 @@ struct Cli {
 enum Command {
     /// Run the links service (gRPC + HTTP side port).
     Links(LinksConfig),
+    /// Run the edge: the public HTTP API (Pingora) over the links replicas.
+    Edge(EdgeConfig),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
     /// Import users, links and events from CSV files (idempotent).
     Import(ImportArgs),
-    /// Run the whole system in one process on the embedded default
-    /// (SQLite, in-process cache) unless DATABASE_URL / REDIS_URL are set.
+    /// Run the whole system in one process: the links service and the edge,
+    /// on the embedded default (SQLite, in-process cache) unless
+    /// DATABASE_URL / REDIS_URL are set. Edge settings come from their
+    /// EDGE_* (and RATE_LIMIT_*, TLS_*) environment variables.
     Up(UpArgs),
 }
 
@@ -53,6 +58,13 @@ struct UpArgs {
     /// rows already present are skipped.
     #[arg(long)]
     seed: Option<PathBuf>,
+}
+
+/// Edge settings for `up`, read from the environment only.
+#[derive(Debug, Parser)]
+struct EdgeFromEnv {
+    #[command(flatten)]
+    edge: EdgeConfig,
 }
 
 fn main() -> ExitCode {
@@ -79,7 +91,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The edge runs Pingora, which owns its runtimes and signal handling, so
+    // it runs on this thread, outside any tokio runtime.
+    let result = match cli.command {
+        Command::Edge(cfg) => {
+            let _telemetry = runtime.block_on(async { telemetry::init("edge", &cli.telemetry) });
+            match _telemetry {
+                Ok(_guard) => shortlink_edge::run(cfg),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Up(args) => up(&runtime, &cli.telemetry, args),
+        other => runtime.block_on(run(other, &cli.telemetry)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let config = e.chain().any(|c| c.is::<ConfigError>());
@@ -90,15 +115,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let service = match &cli.command {
+async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
+    let service = match &command {
         Command::Links(_) => "links",
         Command::Migrate(_) => "migrate",
         Command::Import(_) => "import",
-        Command::Up(_) => "up",
+        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
     };
-    let _telemetry = telemetry::init(service, &cli.telemetry)?;
-    match cli.command {
+    let _telemetry = telemetry::init(service, tel)?;
+    match command {
         Command::Links(cfg) => {
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
@@ -124,26 +149,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Up(args) => up(args).await,
+        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
     }
 }
 
-/// The all-in-one: today the links service (gRPC on 50061, side port on
-/// 9181); the edge and the event pipeline join it as they land.
-async fn up(args: UpArgs) -> anyhow::Result<()> {
+/// The all-in-one: the links service on the tokio runtime, the edge on this
+/// thread in front of it. A signal stops the edge (Pingora handles it), and
+/// the links service is stopped after it.
+fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> anyhow::Result<()> {
+    let _telemetry = runtime.block_on(async { telemetry::init("up", tel) })?;
+    let mut edge = EdgeFromEnv::try_parse_from(["up"])
+        .map_err(|e| ConfigError::new(format!("edge settings: {e}")))?
+        .edge;
+    let links_cfg = args.links;
+    edge.redis_url = links_cfg.redis_url.clone();
+    edge.database_url = links_cfg.db.database_url.clone();
     let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
-    if let Some(dir) = &args.seed {
-        let cfg = args.links.db.store_config()?;
-        let store = shortlink_links::store::connect(&cfg).await?;
-        let files = shortlink_links::import::SeedFiles::in_dir(dir);
-        let counts = shortlink_links::import::import(store.as_ref(), &files)
-            .await
-            .with_context(|| format!("seeding from {}", dir.display()));
-        store.close().await;
-        counts?;
-    }
-    let app = App::build(args.links).await?;
-    tracing::info!(grpc = %app.grpc_addr(), http = %app.http_addr(), "shortlink is up");
-    app.run_until_stopped(shutdown).await
+    let app = runtime.block_on(async {
+        if let Some(dir) = &args.seed {
+            let cfg = links_cfg.db.store_config()?;
+            let store = shortlink_links::store::connect(&cfg).await?;
+            let files = shortlink_links::import::SeedFiles::in_dir(dir);
+            let counts = shortlink_links::import::import(store.as_ref(), &files)
+                .await
+                .with_context(|| format!("seeding from {}", dir.display()));
+            store.close().await;
+            counts?;
+        }
+        App::build(links_cfg).await
+    })?;
+    edge.upstreams = vec![app.grpc_addr().to_string()];
+    tracing::info!(grpc = %app.grpc_addr(), http = %edge.http_addr, "shortlink is up");
+    let links = runtime.spawn(app.run_until_stopped(shutdown.clone()));
+    let edge_result = shortlink_edge::run(edge);
+    shutdown.trigger();
+    let links_result = runtime.block_on(links).context("links service task")?;
+    edge_result.and(links_result)
 }

@@ -67,7 +67,10 @@ impl Route {
 
     /// Health paths are never rate limited.
     pub fn is_health(self) -> bool {
-        matches!(self, Route::Health | Route::Live | Route::Ready | Route::Metrics)
+        matches!(
+            self,
+            Route::Health | Route::Live | Route::Ready | Route::Metrics
+        )
     }
 }
 
@@ -84,16 +87,36 @@ pub struct Routed {
 pub fn route(path: &str) -> Routed {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let id = |s: &str| s.parse::<i64>().ok().filter(|v| *v > 0);
-    let r = |route| Routed { route, id: None, code: None };
+    let r = |route| Routed {
+        route,
+        id: None,
+        code: None,
+    };
     match segs.as_slice() {
         ["shorten"] => r(Route::Shorten),
         ["urls"] => r(Route::Urls),
-        ["urls", i] if id(i).is_some() => Routed { route: Route::Url, id: id(i), code: None },
-        ["urls", i, "events"] if id(i).is_some() => Routed { route: Route::UrlEvents, id: id(i), code: None },
+        ["urls", i] if id(i).is_some() => Routed {
+            route: Route::Url,
+            id: id(i),
+            code: None,
+        },
+        ["urls", i, "events"] if id(i).is_some() => Routed {
+            route: Route::UrlEvents,
+            id: id(i),
+            code: None,
+        },
         ["users"] => r(Route::Users),
         ["users", "bulk"] => r(Route::UsersBulk),
-        ["users", i] if id(i).is_some() => Routed { route: Route::User, id: id(i), code: None },
-        ["users", i, "urls"] if id(i).is_some() => Routed { route: Route::UserUrls, id: id(i), code: None },
+        ["users", i] if id(i).is_some() => Routed {
+            route: Route::User,
+            id: id(i),
+            code: None,
+        },
+        ["users", i, "urls"] if id(i).is_some() => Routed {
+            route: Route::UserUrls,
+            id: id(i),
+            code: None,
+        },
         ["events"] => r(Route::Events),
         ["health"] => r(Route::Health),
         ["live"] => r(Route::Live),
@@ -170,7 +193,9 @@ pub struct ApiRequest<'a> {
 /// ISO 8601 UTC, e.g. `2025-06-22T20:54:35Z`.
 pub fn iso(ts: Option<&prost_types::Timestamp>) -> Value {
     ts.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .map_or(Value::Null, |d| Value::String(d.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+        .map_or(Value::Null, |d| {
+            Value::String(d.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        })
 }
 
 /// The URL object of the public API.
@@ -219,7 +244,14 @@ pub fn status_reply(s: &tonic::Status, route: Route) -> Reply {
         Code::FailedPrecondition if route == Route::Redirect => Reply::error(410, msg),
         Code::FailedPrecondition | Code::Aborted => Reply::error(409, msg),
         Code::Unavailable => {
-            let mut r = Reply::error(503, if msg.starts_with("database unavailable") { msg } else { "service unavailable".into() });
+            let mut r = Reply::error(
+                503,
+                if msg.starts_with("database unavailable") {
+                    msg
+                } else {
+                    "service unavailable".into()
+                },
+            );
             r.headers.push(("retry-after", "5".into()));
             r
         }
@@ -274,7 +306,9 @@ fn pct_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -319,12 +353,18 @@ fn page(q: &HashMap<String, String>) -> Result<pb::PageRequest, Reply> {
     if !(1..=100).contains(&pp) {
         return Err(Reply::error(400, "per_page must be between 1 and 100"));
     }
-    Ok(pb::PageRequest { page: p as u32, per_page: pp as u32 })
+    Ok(pb::PageRequest {
+        page: p as u32,
+        per_page: pp as u32,
+    })
 }
 
 fn list_reply(data: Vec<Value>, info: Option<pb::PageInfo>) -> Reply {
     let info = info.unwrap_or_default();
-    Reply::json(200, json!({"data": data, "page": info.page, "per_page": info.per_page, "total": info.total}))
+    Reply::json(
+        200,
+        json!({"data": data, "page": info.page, "per_page": info.per_page, "total": info.total}),
+    )
 }
 
 /// Parses a JSON object body; enforces `Content-Type: application/json`.
@@ -380,10 +420,14 @@ fn opt_bool(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, Reply> {
 pub fn bulk_csv(content_type: &str, body: &[u8]) -> Result<String, Reply> {
     let ct = content_type.to_ascii_lowercase();
     if ct.starts_with("text/csv") || ct.starts_with("text/plain") {
-        return String::from_utf8(body.to_vec()).map_err(|_| Reply::error(400, "CSV must be UTF-8"));
+        return String::from_utf8(body.to_vec())
+            .map_err(|_| Reply::error(400, "CSV must be UTF-8"));
     }
     if !ct.starts_with("multipart/form-data") {
-        return Err(Reply::error(415, "Content-Type must be multipart/form-data (a CSV file) or text/csv"));
+        return Err(Reply::error(
+            415,
+            "Content-Type must be multipart/form-data (a CSV file) or text/csv",
+        ));
     }
     let boundary = content_type
         .split(';')
@@ -397,15 +441,24 @@ pub fn bulk_csv(content_type: &str, body: &[u8]) -> Result<String, Reply> {
         if part.starts_with("--") {
             break;
         }
-        let Some((head, content)) = part.split_once("\r\n\r\n").or_else(|| part.split_once("\n\n")) else {
+        let Some((head, content)) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))
+        else {
             continue;
         };
         if head.to_ascii_lowercase().contains("filename=") || head.contains("name=\"file\"") {
-            let content = content.strip_suffix("\r\n").or_else(|| content.strip_suffix('\n')).unwrap_or(content);
+            let content = content
+                .strip_suffix("\r\n")
+                .or_else(|| content.strip_suffix('\n'))
+                .unwrap_or(content);
             return Ok(content.to_owned());
         }
     }
-    Err(Reply::error(400, "file is required: send the CSV as a multipart file field"))
+    Err(Reply::error(
+        400,
+        "file is required: send the CSV as a multipart file field",
+    ))
 }
 
 /// Handles one API request (everything but health, metrics and redirect
@@ -429,7 +482,13 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                 let code = routed.code.clone().unwrap_or_default();
                 let (resp, rep) = up
                     .call(true, |ch| {
-                        let r = grpc_req(pb::ResolveLinkRequest { short_code: code.clone() }, rid, tp);
+                        let r = grpc_req(
+                            pb::ResolveLinkRequest {
+                                short_code: code.clone(),
+                            },
+                            rid,
+                            tp,
+                        );
                         async move { LinkServiceClient::new(ch).resolve_link(r).await }
                     })
                     .await
@@ -466,13 +525,14 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                 };
                 let (resp, rep) = up
                     .call(true, |ch| {
-                        let r = grpc_req(msg.clone(), rid, tp);
+                        let r = grpc_req(msg, rid, tp);
                         async move { LinkServiceClient::new(ch).list_links(r).await }
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
                 let resp = resp.into_inner();
-                list_reply(resp.links.iter().map(url_json).collect(), resp.page).from(Some(rep.addr.clone()))
+                list_reply(resp.links.iter().map(url_json).collect(), resp.page)
+                    .from(Some(rep.addr.clone()))
             }
             (Route::Url, Method::GET) => {
                 let id = routed.id.unwrap_or_default();
@@ -483,12 +543,16 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
-                Reply::json(200, url_json(&resp.into_inner().link.unwrap_or_default())).from(Some(rep.addr.clone()))
+                Reply::json(200, url_json(&resp.into_inner().link.unwrap_or_default()))
+                    .from(Some(rep.addr.clone()))
             }
             (Route::Url, Method::PUT) => {
                 let b = json_body(&req)?;
                 if b.is_empty() {
-                    return Err(Reply::error(400, "nothing to update: give original_url, title or is_active"));
+                    return Err(Reply::error(
+                        400,
+                        "nothing to update: give original_url, title or is_active",
+                    ));
                 }
                 let msg = pb::UpdateLinkRequest {
                     id: routed.id.unwrap_or_default(),
@@ -506,7 +570,8 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
-                Reply::json(200, url_json(&resp.into_inner().link.unwrap_or_default())).from(Some(rep.addr.clone()))
+                Reply::json(200, url_json(&resp.into_inner().link.unwrap_or_default()))
+                    .from(Some(rep.addr.clone()))
             }
             (Route::Url, _) => {
                 let id = routed.id.unwrap_or_default();
@@ -559,7 +624,11 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
-                Reply::json(201, event_json(&resp.into_inner().event.unwrap_or_default())).from(Some(rep.addr.clone()))
+                Reply::json(
+                    201,
+                    event_json(&resp.into_inner().event.unwrap_or_default()),
+                )
+                .from(Some(rep.addr.clone()))
             }
             (Route::Events, _) => {
                 let msg = pb::ListEventsRequest {
@@ -583,10 +652,13 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
-                Reply::json(201, user_json(&resp.into_inner().user.unwrap_or_default())).from(Some(rep.addr.clone()))
+                Reply::json(201, user_json(&resp.into_inner().user.unwrap_or_default()))
+                    .from(Some(rep.addr.clone()))
             }
             (Route::Users, _) => {
-                let msg = pb::ListUsersRequest { page: Some(page(&q)?) };
+                let msg = pb::ListUsersRequest {
+                    page: Some(page(&q)?),
+                };
                 let (resp, rep) = up
                     .call(true, |ch| {
                         let r = grpc_req(msg, rid, tp);
@@ -595,7 +667,8 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
                 let resp = resp.into_inner();
-                list_reply(resp.users.iter().map(user_json).collect(), resp.page).from(Some(rep.addr.clone()))
+                list_reply(resp.users.iter().map(user_json).collect(), resp.page)
+                    .from(Some(rep.addr.clone()))
             }
             (Route::UsersBulk, _) => {
                 let csv = bulk_csv(req.content_type.unwrap_or(""), &req.body)?;
@@ -633,12 +706,16 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
-                Reply::json(200, user_json(&resp.into_inner().user.unwrap_or_default())).from(Some(rep.addr.clone()))
+                Reply::json(200, user_json(&resp.into_inner().user.unwrap_or_default()))
+                    .from(Some(rep.addr.clone()))
             }
             (Route::User, Method::PUT) => {
                 let b = json_body(&req)?;
                 if b.is_empty() {
-                    return Err(Reply::error(400, "nothing to update: give username or email"));
+                    return Err(Reply::error(
+                        400,
+                        "nothing to update: give username or email",
+                    ));
                 }
                 let msg = pb::UpdateUserRequest {
                     id: routed.id.unwrap_or_default(),
@@ -652,7 +729,8 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
-                Reply::json(200, user_json(&resp.into_inner().user.unwrap_or_default())).from(Some(rep.addr.clone()))
+                Reply::json(200, user_json(&resp.into_inner().user.unwrap_or_default()))
+                    .from(Some(rep.addr.clone()))
             }
             (Route::User, _) => {
                 let id = routed.id.unwrap_or_default();
@@ -663,7 +741,8 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
-                Reply::json(200, json!({"message": resp.into_inner().message})).from(Some(rep.addr.clone()))
+                Reply::json(200, json!({"message": resp.into_inner().message}))
+                    .from(Some(rep.addr.clone()))
             }
             (Route::UserUrls, _) => {
                 let id = routed.id.unwrap_or_default();
@@ -680,17 +759,24 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                 };
                 let (resp, rep) = up
                     .call(true, |ch| {
-                        let r = grpc_req(msg.clone(), rid, tp);
+                        let r = grpc_req(msg, rid, tp);
                         async move { LinkServiceClient::new(ch).list_links(r).await }
                     })
                     .await
                     .map_err(|e| call_error(e, routed.route))?;
                 let resp = resp.into_inner();
-                list_reply(resp.links.iter().map(url_json).collect(), resp.page).from(Some(rep.addr.clone()))
+                list_reply(resp.links.iter().map(url_json).collect(), resp.page)
+                    .from(Some(rep.addr.clone()))
             }
-            (Route::Health | Route::Live | Route::Ready | Route::Metrics | Route::NotFound | Route::Shorten, _) => {
-                Reply::error(404, "not found")
-            }
+            (
+                Route::Health
+                | Route::Live
+                | Route::Ready
+                | Route::Metrics
+                | Route::NotFound
+                | Route::Shorten,
+                _,
+            ) => Reply::error(404, "not found"),
         })
     }
     .await;
@@ -712,7 +798,10 @@ async fn list_events(
         .await
         .map_err(|e| call_error(e, route))?;
     let resp = resp.into_inner();
-    Ok(list_reply(resp.events.iter().map(event_json).collect(), resp.page).from(Some(rep.addr.clone())))
+    Ok(
+        list_reply(resp.events.iter().map(event_json).collect(), resp.page)
+            .from(Some(rep.addr.clone())),
+    )
 }
 
 /// Parses `username,email` rows (a header row is recognised and skipped).
@@ -728,10 +817,16 @@ fn parse_user_csv(csv: &str) -> Result<Vec<pb::CreateUserRequest>, Reply> {
         if i == 0 && u.eq_ignore_ascii_case("username") {
             continue;
         }
-        out.push(pb::CreateUserRequest { username: u.to_owned(), email: e.to_owned() });
+        out.push(pb::CreateUserRequest {
+            username: u.to_owned(),
+            email: e.to_owned(),
+        });
     }
     if out.is_empty() {
-        return Err(Reply::error(400, "the CSV has no rows (expected username,email)"));
+        return Err(Reply::error(
+            400,
+            "the CSV has no rows (expected username,email)",
+        ));
     }
     if out.len() > 10_000 {
         return Err(Reply::error(400, "at most 10000 users per upload"));
@@ -778,8 +873,14 @@ mod tests {
     #[test]
     fn statuses_map_to_http() {
         let s = |c| tonic::Status::new(c, "m");
-        assert_eq!(status_reply(&s(Code::FailedPrecondition), Route::Redirect).status, 410);
-        assert_eq!(status_reply(&s(Code::FailedPrecondition), Route::User).status, 409);
+        assert_eq!(
+            status_reply(&s(Code::FailedPrecondition), Route::Redirect).status,
+            410
+        );
+        assert_eq!(
+            status_reply(&s(Code::FailedPrecondition), Route::User).status,
+            409
+        );
         assert_eq!(status_reply(&s(Code::Internal), Route::Url).status, 502);
         assert_eq!(status_reply(&s(Code::Unavailable), Route::Url).status, 503);
     }

@@ -90,7 +90,9 @@ pub struct Upstreams {
 
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstreams").field("replicas", &self.replicas).finish()
+        f.debug_struct("Upstreams")
+            .field("replicas", &self.replicas)
+            .finish()
     }
 }
 
@@ -98,7 +100,10 @@ impl std::fmt::Debug for Upstreams {
 /// (connection refused, reset, broken HTTP/2), as opposed to an answer from
 /// the service, which carries its own message.
 pub fn is_connection_failure(s: &tonic::Status) -> bool {
-    if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown && s.code() != tonic::Code::Cancelled {
+    if s.code() != tonic::Code::Unavailable
+        && s.code() != tonic::Code::Unknown
+        && s.code() != tonic::Code::Cancelled
+    {
         return false;
     }
     if s.message().starts_with("database unavailable") {
@@ -117,13 +122,19 @@ pub fn is_connection_failure(s: &tonic::Status) -> bool {
 /// a non-idempotent call may be tried elsewhere.
 fn is_connect_failure(s: &tonic::Status) -> bool {
     let m = s.message();
-    m.contains("tcp connect error") || m.contains("error trying to connect") || m.contains("Connection refused")
+    m.contains("tcp connect error")
+        || m.contains("error trying to connect")
+        || m.contains("Connection refused")
 }
 
 impl Upstreams {
     /// Creates lazily connected channels. Must run inside the tokio runtime
     /// that will drive them (the edge's client runtime).
-    pub fn new(addrs: &[String], cfg: BalanceConfig, metrics: &Metrics) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        addrs: &[String],
+        cfg: BalanceConfig,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(!addrs.is_empty(), "at least one links upstream is required");
         let mut replicas = Vec::new();
         for a in addrs {
@@ -217,7 +228,10 @@ impl Upstreams {
     }
 
     fn eject(&self, r: &Replica, kind: &str) {
-        self.metrics.failures.with_label_values(&[&r.addr, kind]).inc();
+        self.metrics
+            .failures
+            .with_label_values(&[&r.addr, kind])
+            .inc();
         if r.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(replica = %r.addr, kind, "links replica ejected after a failed call");
             self.metrics.healthy.with_label_values(&[&r.addr]).set(0);
@@ -229,7 +243,11 @@ impl Upstreams {
     /// fails, the replica is ejected and, if the call is `idempotent` (or
     /// nothing was sent), it is tried on another replica, up to the retry
     /// budget. Returns the value and the replica that produced it.
-    pub async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<(T, Arc<Replica>), CallError>
+    pub async fn call<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        f: F,
+    ) -> Result<(T, Arc<Replica>), CallError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -258,7 +276,10 @@ impl Upstreams {
                     }
                 }
                 Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
-                    self.metrics.failures.with_label_values(&[&r.addr, "timeout"]).inc();
+                    self.metrics
+                        .failures
+                        .with_label_values(&[&r.addr, "timeout"])
+                        .inc();
                     return Err(CallError::Status(s));
                 }
                 Err(s) => return Err(CallError::Status(s)),
@@ -278,7 +299,9 @@ impl Upstreams {
 
     async fn check(&self, r: &Replica) {
         let mut client = HealthClient::new(r.channel.clone());
-        let req = HealthCheckRequest { service: "shortlink.v1.LinkService".into() };
+        let req = HealthCheckRequest {
+            service: "shortlink.v1.LinkService".into(),
+        };
         let ok = matches!(
             tokio::time::timeout(self.cfg.check_timeout, client.check(req)).await,
             Ok(Ok(resp)) if resp.get_ref().status == ServingStatus::Serving as i32
@@ -293,7 +316,10 @@ impl Upstreams {
         } else {
             r.ok_streak.store(0, Ordering::Relaxed);
             let streak = r.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            self.metrics.failures.with_label_values(&[&r.addr, "health_check"]).inc();
+            self.metrics
+                .failures
+                .with_label_values(&[&r.addr, "health_check"])
+                .inc();
             if streak >= self.cfg.unhealthy_after && r.healthy.swap(false, Ordering::Relaxed) {
                 tracing::warn!(replica = %r.addr, "links replica out of rotation: health checks failing");
                 self.metrics.healthy.with_label_values(&[&r.addr]).set(0);

@@ -27,7 +27,12 @@ pub struct EdgeConfig {
     pub edge_id: Option<String>,
 
     /// Links replicas, comma-separated host:port list.
-    #[arg(long, env = "LINKS_UPSTREAMS", value_delimiter = ',', default_value = "127.0.0.1:50061")]
+    #[arg(
+        long,
+        env = "LINKS_UPSTREAMS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:50061"
+    )]
     pub upstreams: Vec<String>,
     /// Active health check interval, in milliseconds.
     #[arg(long, env = "EDGE_HEALTH_INTERVAL_MS", default_value_t = 1000)]
@@ -101,7 +106,11 @@ pub struct EdgeConfig {
     #[arg(long, env = "EDGE_UPGRADE", default_value_t = false)]
     pub upgrade: bool,
     /// Unix socket used to hand listening sockets to the next edge process.
-    #[arg(long, env = "EDGE_UPGRADE_SOCK", default_value = "/tmp/shortlink-edge-upgrade.sock")]
+    #[arg(
+        long,
+        env = "EDGE_UPGRADE_SOCK",
+        default_value = "/tmp/shortlink-edge-upgrade.sock"
+    )]
     pub upgrade_sock: String,
 }
 
@@ -109,15 +118,21 @@ impl EdgeConfig {
     /// Checks values clap cannot check.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.upstreams.iter().all(|u| u.trim().is_empty()) {
-            return Err(ConfigError::new("LINKS_UPSTREAMS must name at least one host:port"));
+            return Err(ConfigError::new(
+                "LINKS_UPSTREAMS must name at least one host:port",
+            ));
         }
         for u in &self.upstreams {
             if u.parse::<SocketAddr>().is_err() && !u.contains(':') {
-                return Err(ConfigError::new(format!("LINKS_UPSTREAMS entry {u:?} is not host:port")));
+                return Err(ConfigError::new(format!(
+                    "LINKS_UPSTREAMS entry {u:?} is not host:port"
+                )));
             }
         }
         if !(self.rate_limit_rps > 0.0 && self.rate_limit_burst >= 1.0) {
-            return Err(ConfigError::new("RATE_LIMIT_RPS must be > 0 and RATE_LIMIT_BURST >= 1"));
+            return Err(ConfigError::new(
+                "RATE_LIMIT_RPS must be > 0 and RATE_LIMIT_BURST >= 1",
+            ));
         }
         if self.threads == 0 {
             return Err(ConfigError::new("EDGE_THREADS must be at least 1"));
@@ -127,7 +142,9 @@ impl EdgeConfig {
             && !u.starts_with("redis://")
             && !u.starts_with("rediss://")
         {
-            return Err(ConfigError::new("REDIS_URL must start with redis:// or rediss://"));
+            return Err(ConfigError::new(
+                "REDIS_URL must start with redis:// or rediss://",
+            ));
         }
         Ok(())
     }

@@ -1,1 +1,19 @@
-//! edge
+//! `shortlink edge`: the public HTTP API on Pingora, transcoded to gRPC
+//! calls on the links replicas.
+//!
+//! One module per concern: `api` (routing and transcoding), `balance`
+//! (least in-flight selection, health checks, ejection, retries), `limits`
+//! (rate limits and ban escalation), `tls` (certificates), `proxy` (the
+//! Pingora phases), `metrics`, `config` and `app` (start-up).
+
+pub mod api;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod tls;
+
+pub use app::run;
+pub use config::EdgeConfig;

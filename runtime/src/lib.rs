@@ -4,10 +4,12 @@
 //! request ids and the gRPC observability layer. Components build on this
 //! crate instead of copying these pieces.
 
+pub mod abuse;
 pub mod breaker;
 pub mod config;
 pub mod grpc_layer;
 pub mod metrics;
+pub mod redis_conn;
 pub mod request_id;
 pub mod shutdown;
 pub mod side_port;

@@ -3,14 +3,11 @@
 //! outage (at start or later) costs a few milliseconds per request and never
 //! an error: the service falls back to the database.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::time::Instant;
+use shortlink_runtime::redis_conn::LazyRedis;
 
 use super::{Cache, CacheError, Cached, decode, encode};
 
@@ -27,97 +24,33 @@ pub struct RedisCacheConfig {
 }
 
 /// See the module docs.
+#[derive(Debug)]
 pub struct RedisCache {
-    client: redis::Client,
-    cfg: RedisCacheConfig,
-    conn: tokio::sync::RwLock<Option<ConnectionManager>>,
-    last_attempt: Mutex<Option<Instant>>,
-    up: AtomicBool,
-}
-
-impl std::fmt::Debug for RedisCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCache")
-            .field("prefix", &self.cfg.prefix)
-            .finish()
-    }
+    redis: LazyRedis,
+    prefix: String,
 }
 
 impl RedisCache {
     /// Validates the URL; does not connect yet.
     pub fn new(cfg: RedisCacheConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| anyhow::anyhow!("invalid REDIS_URL: {e}"))?;
         Ok(Self {
-            client,
-            cfg,
-            conn: tokio::sync::RwLock::new(None),
-            last_attempt: Mutex::new(None),
-            up: AtomicBool::new(true),
+            redis: LazyRedis::new(&cfg.url, cfg.timeout, "cache")?,
+            prefix: cfg.prefix,
         })
     }
 
     fn key(&self, code: &str) -> String {
-        format!("{}link:{code}", self.cfg.prefix)
+        format!("{}link:{code}", self.prefix)
     }
 
-    /// The shared connection, connecting at most once per second while Redis
-    /// is unreachable.
-    async fn conn(&self) -> Result<ConnectionManager, CacheError> {
-        if let Some(c) = self.conn.read().await.as_ref() {
-            return Ok(c.clone());
-        }
-        {
-            let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return Err(CacheError("not connected".into()));
-            }
-            *last = Some(Instant::now());
-        }
-        let mut slot = self.conn.write().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.cfg.timeout))
-            .set_response_timeout(Some(self.cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let fut = ConnectionManager::new_with_config(self.client.clone(), config);
-        match tokio::time::timeout(self.cfg.timeout * 2, fut).await {
-            Ok(Ok(c)) => {
-                *slot = Some(c.clone());
-                Ok(c)
-            }
-            Ok(Err(e)) => Err(self.failed(e.to_string())),
-            Err(_) => Err(self.failed("connect timed out".into())),
-        }
-    }
-
-    fn failed(&self, msg: String) -> CacheError {
-        if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %msg, "redis cache unavailable; serving from the database");
-        }
-        CacheError(msg)
-    }
-
-    fn ok<T>(&self, v: T) -> T {
-        if !self.up.swap(true, Ordering::Relaxed) {
-            tracing::info!("redis cache available again");
-        }
-        v
-    }
-
-    async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, CacheError>
+    async fn run<T, F>(
+        &self,
+        f: impl FnOnce(redis::aio::ConnectionManager) -> F,
+    ) -> Result<T, CacheError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let c = self.conn().await?;
-        match tokio::time::timeout(self.cfg.timeout, f(c)).await {
-            Ok(Ok(v)) => Ok(self.ok(v)),
-            Ok(Err(e)) => Err(self.failed(e.to_string())),
-            Err(_) => Err(self.failed("command timed out".into())),
-        }
+        self.redis.run(f).await.map_err(|e| CacheError(e.0))
     }
 }
 

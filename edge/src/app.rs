@@ -1,0 +1,145 @@
+//! Start-up of `shortlink edge`: a client runtime for the gRPC channels,
+//! health checks and abuse state; a Pingora server with the plain and TLS
+//! listeners and the metrics listener. Pingora owns signals: SIGTERM drains
+//! gracefully, SIGINT stops fast, SIGQUIT hands the listening sockets to a
+//! new process started with `--upgrade` (zero-downtime upgrade).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::apps::http_app::HttpServer;
+use pingora::listeners::TlsAccept;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::tls::TlsRef;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use shortlink_runtime::abuse::{AbuseStore, Limits};
+use shortlink_runtime::metrics::Metrics;
+use shortlink_runtime::shutdown::Shutdown;
+
+use crate::balance::Upstreams;
+use crate::config::EdgeConfig;
+use crate::limits::Guard;
+use crate::metrics::{EdgeMetrics, MetricsApp};
+use crate::proxy::{Edge, ProxySettings};
+
+struct HandshakeCounter(prometheus::IntCounter);
+
+#[async_trait::async_trait]
+impl TlsAccept for HandshakeCounter {
+    async fn handshake_complete_callback(
+        &self,
+        _tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.0.inc();
+        None
+    }
+}
+
+/// Runs the edge until Pingora's shutdown completes. Blocking: call it from
+/// a plain thread, not from inside a tokio runtime.
+pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let edge_id = cfg.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("edge-client")
+        .enable_all()
+        .build()?;
+    let shutdown = Shutdown::new();
+    let registry = Metrics::new("edge", &edge_id);
+    let metrics = EdgeMetrics::new(registry.clone());
+
+    let defaults = Limits {
+        rps: cfg.rate_limit_rps,
+        burst: cfg.rate_limit_burst,
+        ..Limits::default()
+    };
+    let (upstreams, guard) = rt.block_on(async {
+        let upstreams = Upstreams::new(&cfg.upstreams, cfg.balance(), &registry)?;
+        tokio::spawn(upstreams.clone().run_health_checks(shutdown.clone()));
+        let store = AbuseStore::new(
+            cfg.redis_url.as_deref(),
+            cfg.database_url.as_deref(),
+            &cfg.abuse_prefix,
+            defaults.clone(),
+        )
+        .await?;
+        let guard = Guard::new(store, edge_id.clone(), defaults, metrics.clone());
+        guard.sync().await;
+        guard.start(Duration::from_secs(5), shutdown.clone());
+        anyhow::Ok((upstreams, guard))
+    })?;
+
+    let mut conf = ServerConf {
+        threads: cfg.threads,
+        grace_period_seconds: Some(cfg.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(cfg.shutdown_timeout_s),
+        pid_file: std::env::temp_dir()
+            .join(format!("shortlink-{edge_id}.pid"))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
+    conf.upgrade_sock = cfg.upgrade_sock.clone();
+    let opt = Opt {
+        upgrade: cfg.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let settings = ProxySettings {
+        edge_id: edge_id.clone(),
+        hsts: format!("max-age={}; includeSubDomains", cfg.hsts_max_age_s),
+        redirect_to_https: cfg.redirect_to_https && cfg.https_addr.is_some(),
+        https_port: cfg.https_public_port.or(cfg.https_addr.map(|a| a.port())),
+        trusted_proxies: cfg.trusted_proxies.clone(),
+    };
+    let edge = Edge {
+        upstreams,
+        guard,
+        metrics: metrics.clone(),
+        settings,
+        started: Instant::now(),
+    };
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "shortlink edge");
+    proxy.add_tcp(&cfg.http_addr.to_string());
+    if let Some(addr) = cfg.https_addr {
+        let (cert, key) = crate::tls::material(
+            cfg.tls_cert.as_deref(),
+            cfg.tls_key.as_deref(),
+            &cfg.cert_dir,
+        )?;
+        let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCounter(
+            metrics.tls_handshakes.clone(),
+        )))?;
+        tls.set_certificate_chain_file(&cert.display().to_string())?;
+        tls.set_private_key_file(&key.display().to_string())?;
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+    }
+    let mut metrics_service = Service::new(
+        "edge metrics".into(),
+        HttpServer::new_app(MetricsApp(registry)),
+    );
+    metrics_service.add_tcp(&cfg.metrics_addr.to_string());
+    server.add_service(proxy);
+    server.add_service(metrics_service);
+
+    tracing::info!(
+        edge = %edge_id,
+        http = %cfg.http_addr,
+        https = ?cfg.https_addr,
+        metrics = %cfg.metrics_addr,
+        upstreams = ?cfg.upstreams,
+        "edge starting"
+    );
+    server.run(RunArgs::default());
+    tracing::info!(edge = %edge_id, "edge stopped");
+    shutdown.trigger();
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
