@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "shortlink/v1/links.proto",
         "shortlink/v1/users.proto",
         "shortlink/v1/events.proto",
+        "shortlink/v1/admin.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

