@@ -109,7 +109,7 @@ impl AdminService for AdminApi {
         _: Request<pb::ListBansRequest>,
     ) -> Result<Response<pb::ListBansResponse>, Status> {
         let mut bans = self.store.bans().await.map_err(unavailable)?;
-        bans.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        bans.sort_by_key(|b| std::cmp::Reverse(b.created_at));
         Ok(Response::new(pb::ListBansResponse {
             bans: bans.iter().map(ban_pb).collect(),
         }))
