@@ -915,3 +915,92 @@ async fn redis_down_edge_keeps_serving_and_limits_locally() {
     assert_eq!(v["abuse_state"]["redis"], "down");
     assert_eq!(v["status"], "degraded");
 }
+
+#[tokio::test]
+async fn zero_downtime_upgrade_hands_over_the_sockets_without_failed_requests() {
+    require_redis().await;
+    let db = TestDb::new().await;
+    let replica = Replica::start(&links_env(&db, &[])).await;
+    let old = EdgeProc::start(&[replica.grpc], &load_env()).await;
+    let user = post_json(
+        old.http,
+        "/users",
+        json!({"username": "upgrader", "email": "up@example.com"}),
+    )
+    .await
+    .json();
+    let code = post_json(
+        old.http,
+        "/shorten",
+        json!({"original_url": "https://example.com/up", "user_id": user["id"]}),
+    )
+    .await
+    .json()["short_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Requests flow during the whole handover (4 clients, at most 4 s).
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (addr, path, failures, done) =
+            (old.http, format!("/{code}"), failures.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + Duration::from_secs(4);
+            for _ in 0..4000 {
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
+                let ok = match tokio::net::TcpStream::connect(addr).await {
+                    Ok(_) => http(addr, "GET", &path, &[], b"").await.status == 302,
+                    Err(_) => false,
+                };
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The new process takes the same flags plus --upgrade, then the old one
+    // gets SIGQUIT and hands over its listening sockets.
+    let mut envs = load_env();
+    envs.push(("EDGE_HTTP_ADDR", old.http.to_string()));
+    envs.push(("EDGE_HTTPS_ADDR", old.https.to_string()));
+    envs.push(("EDGE_METRICS_ADDR", old.metrics.to_string()));
+    envs.push(("LINKS_UPSTREAMS", replica.grpc.to_string()));
+    envs.push(("EDGE_UPGRADE_SOCK", old.upgrade_sock.clone()));
+    envs.push(("EDGE_CERT_DIR", old.cert_dir.clone()));
+    let mut new = support::spawn_raw(&["edge", "--upgrade"], &envs);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut old_proc = old.proc;
+    old_proc.signal("QUIT");
+    let status = old_proc.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "old edge exits cleanly after the handover: {status}"
+    );
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (failed, total) = (
+        failures.load(Ordering::Relaxed),
+        done.load(Ordering::Relaxed),
+    );
+    assert!(total > 50, "load ran ({total})");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {total} requests failed during the upgrade"
+    );
+    assert!(new.0.try_wait().unwrap().is_none(), "new edge is running");
+    assert_eq!(
+        http(old.http, "GET", &format!("/{code}"), &[], b"")
+            .await
+            .status,
+        302
+    );
+}

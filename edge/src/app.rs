@@ -58,6 +58,9 @@ pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
     };
     let (upstreams, guard) = rt.block_on(async {
         let upstreams = Upstreams::new(&cfg.upstreams, cfg.balance(), &registry)?;
+        // One round of checks before listening, so that replicas that are up
+        // take traffic from the first request (matters after an upgrade).
+        upstreams.check_all().await;
         tokio::spawn(upstreams.clone().run_health_checks(shutdown.clone()));
         let store = AbuseStore::new(
             cfg.redis_url.as_deref(),

@@ -198,6 +198,8 @@ pub struct EdgeProc {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub metrics: SocketAddr,
+    pub upgrade_sock: String,
+    pub cert_dir: String,
 }
 
 impl EdgeProc {
@@ -236,6 +238,8 @@ impl EdgeProc {
             http: http_addr,
             https: format!("127.0.0.1:{https}").parse().unwrap(),
             metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
+            upgrade_sock: dir.join("upgrade.sock").display().to_string(),
+            cert_dir: dir.join("tls").display().to_string(),
         }
     }
 
