@@ -18,6 +18,7 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use serde_json::json;
 use shortlink_runtime::request_id;
+use tracing::Instrument;
 
 use crate::api::{self, ApiRequest, Reply, Route};
 use crate::balance::Upstreams;
@@ -56,6 +57,37 @@ pub struct Edge {
     pub metrics: EdgeMetrics,
     pub settings: ProxySettings,
     pub started: Instant,
+}
+
+/// Sets the span's parent from `incoming` and returns the traceparent to
+/// send upstream: the span's own context when tracing exports spans,
+/// otherwise `incoming` unchanged.
+fn child_traceparent(span: &tracing::Span, incoming: &str) -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct One<'a>(&'a str);
+    impl opentelemetry::propagation::Extractor for One<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == "traceparent").then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&One(incoming)));
+    let _ = span.set_parent(parent);
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() && sc.trace_id().to_string() != "00000000000000000000000000000000" {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    } else {
+        incoming.to_owned()
+    }
 }
 
 fn new_traceparent() -> String {
@@ -322,6 +354,16 @@ impl ProxyHttp for Edge {
         } else {
             Bytes::new()
         };
+        // The request's span: a child of the caller's trace context, exported
+        // over OTLP when configured; the links calls become its children.
+        let span = tracing::info_span!(
+            "http_request",
+            route = ctx.route.template(),
+            method = ctx.method,
+            request_id = %ctx.request_id,
+            trace_id = request_id::trace_id_from_traceparent(&ctx.traceparent).unwrap_or(""),
+        );
+        ctx.traceparent = child_traceparent(&span, &ctx.traceparent);
         let req = session.req_header();
         let content_type = req
             .headers
@@ -341,6 +383,7 @@ impl ProxyHttp for Edge {
                 traceparent: &ctx.traceparent,
             },
         )
+        .instrument(span)
         .await;
         if reply.status >= 500 {
             ctx.outcome = "upstream_error";

@@ -9,6 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -87,11 +88,15 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
         }
         _ => None,
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    // Spans are exported at INFO whatever the log level: LOG_LEVEL=warn
+    // quietens the logs, not the traces.
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
 
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let registry = tracing_subscriber::registry().with(otel_layer);
     let res = match args.log_format {
         LogFormat::Json => registry
             .with(
@@ -100,11 +105,16 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_target(true),
+                    .with_target(true)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     if res.is_err() {
