@@ -3,6 +3,10 @@
 //! parsing and validation, the calls themselves, and the JSON shapes,
 //! status codes and error bodies of the contract in `shared/design.md`.
 
+// Errors here are finished HTTP replies returned once per request, not
+// values that travel through hot loops; boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -153,6 +157,8 @@ pub struct Reply {
     pub headers: Vec<(&'static str, String)>,
     /// The replica that served the call, if any.
     pub upstream: Option<String>,
+    /// For a served redirect: (link id, user id), to record the click.
+    pub click: Option<(i64, i64)>,
 }
 
 impl Reply {
@@ -164,6 +170,7 @@ impl Reply {
             content_type: "application/json",
             headers: Vec::new(),
             upstream: None,
+            click: None,
         }
     }
 
@@ -494,7 +501,9 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                     .await
                     .map_err(|e| call_error(e, Route::Redirect))?;
                 let resp = resp.into_inner();
+                let click = Some((resp.link_id, resp.user_id));
                 let mut r = Reply::json(302, json!({"location": resp.original_url}));
+                r.click = click;
                 r.headers.push(("location", resp.original_url));
                 r.headers.push(("cache-control", "no-store".into()));
                 r.from(Some(rep.addr.clone()))

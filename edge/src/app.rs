@@ -40,6 +40,15 @@ impl TlsAccept for HandshakeCounter {
 /// Runs the edge until Pingora's shutdown completes. Blocking: call it from
 /// a plain thread, not from inside a tokio runtime.
 pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
+    run_with_bus(cfg, None)
+}
+
+/// Like `run`, publishing on `bus` (the all-in-one's in-process bus)
+/// instead of the one the configuration names.
+pub fn run_with_bus(
+    cfg: EdgeConfig,
+    bus: Option<Arc<dyn shortlink_runtime::bus::EventBus>>,
+) -> anyhow::Result<()> {
     cfg.validate()?;
     let edge_id = cfg.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -56,7 +65,32 @@ pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
         burst: cfg.rate_limit_burst,
         ..Limits::default()
     };
+    let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
+    let bus = match bus {
+        Some(b) => b,
+        None => shortlink_runtime::bus::connect(&cfg.bus, &registry)?,
+    };
     let (upstreams, guard) = rt.block_on(async {
+        {
+            let (bus, topics) = (bus.clone(), topics.all());
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(500);
+                while let Err(e) = bus.ensure_topics(&topics).await {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "cannot create topics yet; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            });
+        }
+        shortlink_runtime::telemetry::publish_logs_to(
+            bus.clone(),
+            topics.logs.clone(),
+            "edge",
+            &edge_id,
+        );
         let upstreams = Upstreams::new(&cfg.upstreams, cfg.balance(), &registry)?;
         // One round of checks before listening, so that replicas that are up
         // take traffic from the first request (matters after an upgrade).
@@ -101,6 +135,10 @@ pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
         trusted_proxies: cfg.trusted_proxies.clone(),
     };
     let edge = Edge {
+        events: crate::proxy::EdgeEvents {
+            bus: bus.clone(),
+            topics,
+        },
         upstreams,
         guard,
         metrics: metrics.clone(),
@@ -143,6 +181,7 @@ pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
     server.run(RunArgs::default());
     tracing::info!(edge = %edge_id, "edge stopped");
     shutdown.trigger();
+    bus.flush(Duration::from_secs(5));
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
 }

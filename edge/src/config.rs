@@ -92,6 +92,9 @@ pub struct EdgeConfig {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
 
+    #[command(flatten)]
+    pub bus: shortlink_runtime::bus::BusArgs,
+
     /// Worker threads of the proxy.
     #[arg(long, env = "EDGE_THREADS", default_value_t = 2)]
     pub threads: usize,

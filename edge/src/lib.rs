@@ -15,5 +15,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod tls;
 
-pub use app::run;
+pub use app::{run, run_with_bus};
 pub use config::EdgeConfig;

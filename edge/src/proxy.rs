@@ -38,6 +38,7 @@ pub struct Ctx {
     client: Option<IpAddr>,
     upstream: Option<String>,
     outcome: &'static str,
+    bytes: u64,
 }
 
 /// Settings the proxy needs per request.
@@ -50,8 +51,15 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// Where the edge publishes request and click events.
+pub struct EdgeEvents {
+    pub bus: Arc<dyn shortlink_runtime::bus::EventBus>,
+    pub topics: shortlink_runtime::bus::Topics,
+}
+
 /// The edge.
 pub struct Edge {
+    pub events: EdgeEvents,
     pub upstreams: Arc<Upstreams>,
     pub guard: Arc<Guard>,
     pub metrics: EdgeMetrics,
@@ -163,6 +171,7 @@ impl Edge {
         }
         ctx.status = reply.status;
         ctx.upstream = reply.upstream.clone();
+        ctx.bytes = reply.body.len() as u64;
         let empty = head || reply.body.is_empty();
         session.write_response_header(Box::new(h), empty).await?;
         if !empty {
@@ -212,6 +221,7 @@ impl ProxyHttp for Edge {
             client: None,
             upstream: None,
             outcome: "ok",
+            bytes: 0,
         }
     }
 
@@ -387,6 +397,38 @@ impl ProxyHttp for Edge {
         .await;
         if reply.status >= 500 {
             ctx.outcome = "upstream_error";
+        } else if reply.status >= 400 {
+            ctx.outcome = "client_error";
+        }
+        if let (Some((link_id, user_id)), Some(code)) = (reply.click, routed.code.as_ref()) {
+            let h = &session.req_header().headers;
+            let header = |n: &str| {
+                h.get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .chars()
+                    .take(512)
+                    .collect::<String>()
+            };
+            let ev = shortlink_proto::events::LinkEvent {
+                schema_version: shortlink_proto::events::SCHEMA_VERSION,
+                time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                kind: "click".into(),
+                link_id,
+                user_id,
+                short_code: code.clone(),
+                referrer: header("referer"),
+                user_agent: header("user-agent"),
+                request_id: ctx.request_id.clone(),
+                source: self.settings.edge_id.clone(),
+            };
+            let key = link_id.to_string();
+            shortlink_runtime::bus::publish_json(
+                self.events.bus.as_ref(),
+                &self.events.topics.links,
+                Some(&key),
+                &ev,
+            );
         }
         self.respond(session, ctx, reply).await?;
         Ok(true)
@@ -406,6 +448,32 @@ impl ProxyHttp for Edge {
             elapsed.as_secs_f64(),
         );
         let trace_id = request_id::trace_id_from_traceparent(&ctx.traceparent).unwrap_or("");
+        let ev = shortlink_proto::events::RequestEvent {
+            schema_version: shortlink_proto::events::SCHEMA_VERSION,
+            time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            edge_id: self.settings.edge_id.clone(),
+            request_id: ctx.request_id.clone(),
+            trace_id: trace_id.to_owned(),
+            client_ip: ctx.client.map(|c| c.to_string()).unwrap_or_default(),
+            method: ctx.method.to_owned(),
+            route: ctx.route.template().to_owned(),
+            path: session.req_header().uri.path().chars().take(512).collect(),
+            status: u32::from(status),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream: ctx.upstream.clone().unwrap_or_default(),
+            bytes: ctx.bytes,
+            outcome: if e.is_some() && status == 0 {
+                "client_gone".into()
+            } else {
+                ctx.outcome.to_owned()
+            },
+        };
+        shortlink_runtime::bus::publish_json(
+            self.events.bus.as_ref(),
+            &self.events.topics.requests,
+            Some(&ctx.request_id),
+            &ev,
+        );
         if let Some(e) = e {
             tracing::warn!(request_id = %ctx.request_id, trace_id, route = ctx.route.template(), error = %e, "request failed");
         } else if status >= 500 {

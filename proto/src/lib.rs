@@ -7,6 +7,15 @@ pub mod v1 {
     tonic::include_proto!("shortlink.v1");
 }
 
+/// `shortlink.events.v1`: the event pipeline's schema (JSON on the wire).
+pub mod events {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("shortlink.events.v1");
+
+    /// The schema version written into every event.
+    pub const SCHEMA_VERSION: u32 = 1;
+}
+
 pub mod json;
 
 /// Encoded `FileDescriptorSet` of every shortlink proto file, for

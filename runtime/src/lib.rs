@@ -6,6 +6,7 @@
 
 pub mod abuse;
 pub mod breaker;
+pub mod bus;
 pub mod config;
 pub mod grpc_layer;
 pub mod metrics;

@@ -96,7 +96,9 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
 
-    let registry = tracing_subscriber::registry().with(otel_layer);
+    let registry = tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(LogEventLayer);
     let res = match args.log_format {
         LogFormat::Json => registry
             .with(
@@ -121,4 +123,133 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
         // Already initialised in this process (tests start many apps).
     }
     Ok(TelemetryGuard { provider })
+}
+
+/// Where WARN-and-above log events are published, once a bus exists.
+struct LogSink {
+    bus: std::sync::Arc<dyn crate::bus::EventBus>,
+    topic: String,
+    service: String,
+    instance: String,
+}
+
+static LOG_SINK: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
+
+/// Publishes every WARN/ERROR log line of this process as a `LogEvent` on
+/// `topic`. Call once, after the bus is built.
+pub fn publish_logs_to(
+    bus: std::sync::Arc<dyn crate::bus::EventBus>,
+    topic: String,
+    service: &str,
+    instance: &str,
+) {
+    let _ = LOG_SINK.set(LogSink {
+        bus,
+        topic,
+        service: service.to_owned(),
+        instance: instance.to_owned(),
+    });
+}
+
+/// The tracing layer behind `publish_logs_to`.
+struct LogEventLayer;
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    request_id: String,
+    critical: bool,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_owned(),
+            "request_id" => self.request_id = value.to_owned(),
+            _ => {}
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if field.name() == "critical" {
+            self.critical = value;
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "request_id" => self.request_id = format!("{value:?}").trim_matches('"').to_owned(),
+            "error" if !self.message.is_empty() => {
+                self.message = format!("{}: {value:?}", self.message)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The request id recorded on an enclosing span, if any.
+#[derive(Clone)]
+struct SpanRequestId(String);
+
+impl<S> tracing_subscriber::Layer<S> for LogEventLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        if !f.request_id.is_empty()
+            && let Some(span) = ctx.span(id)
+        {
+            span.extensions_mut().insert(SpanRequestId(f.request_id));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > tracing::Level::WARN {
+            return;
+        }
+        let Some(sink) = LOG_SINK.get() else { return };
+        let target = event.metadata().target();
+        // The bus's own complaints would loop while the broker is away.
+        if target.starts_with("shortlink_runtime::bus")
+            || target.starts_with("rdkafka")
+            || target.starts_with("librdkafka")
+        {
+            return;
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        if f.request_id.is_empty()
+            && let Some(scope) = ctx.event_scope(event)
+        {
+            for span in scope.from_root() {
+                if let Some(r) = span.extensions().get::<SpanRequestId>() {
+                    f.request_id = r.0.clone();
+                }
+            }
+        }
+        let ev = shortlink_proto::events::LogEvent {
+            schema_version: 1,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            level: if f.critical {
+                "CRITICAL".into()
+            } else {
+                level.as_str().to_owned()
+            },
+            service: sink.service.clone(),
+            instance: sink.instance.clone(),
+            message: f.message,
+            request_id: f.request_id,
+            target: target.to_owned(),
+        };
+        crate::bus::publish_json(sink.bus.as_ref(), &sink.topic, None, &ev);
+    }
 }

@@ -98,6 +98,27 @@ pub async fn connect_store(
     }
 }
 
+/// Creates the topics in the background, retrying while the broker is
+/// away: start-up never waits for Kafka.
+pub fn spawn_ensure_topics(bus: Arc<dyn shortlink_runtime::bus::EventBus>, topics: Vec<String>) {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match bus.ensure_topics(&topics).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "cannot create topics yet; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    });
+}
+
 /// True when the error says the database could not be reached (worth
 /// retrying), as opposed to a bad URL, bad credentials or a failed migration.
 fn is_unreachable(e: &anyhow::Error) -> bool {
@@ -185,6 +206,15 @@ impl App {
     /// Connects dependencies and binds both listeners (port 0 picks a free
     /// port; see `grpc_addr` and `http_addr`).
     pub async fn build(cfg: LinksConfig) -> anyhow::Result<Self> {
+        Self::build_with_bus(cfg, None).await
+    }
+
+    /// Like `build`, publishing on `bus` (the all-in-one shares one
+    /// in-process bus) instead of the one the configuration names.
+    pub async fn build_with_bus(
+        cfg: LinksConfig,
+        bus: Option<Arc<dyn shortlink_runtime::bus::EventBus>>,
+    ) -> anyhow::Result<Self> {
         cfg.validate()?;
         let store_cfg = cfg.db.store_config()?;
         let store =
@@ -206,7 +236,31 @@ impl App {
             format!("links-{}", grpc.local_addr().map(|a| a.port()).unwrap_or(0))
         });
         let metrics = Metrics::new("links", &instance);
-        let core = LinksCore::new(store, cache, cfg.breaker(), cfg.cache_policy(), &metrics);
+        let bus = match bus {
+            Some(b) => b,
+            None => shortlink_runtime::bus::connect(&cfg.bus, &metrics)?,
+        };
+        let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
+        spawn_ensure_topics(bus.clone(), topics.all());
+        shortlink_runtime::telemetry::publish_logs_to(
+            bus.clone(),
+            topics.logs.clone(),
+            "links",
+            &instance,
+        );
+        let sink = crate::service::EventSink {
+            bus,
+            topic: topics.links.clone(),
+            source: instance.clone(),
+        };
+        let core = LinksCore::new(
+            store,
+            cache,
+            cfg.breaker(),
+            cfg.cache_policy(),
+            &metrics,
+            Some(sink),
+        );
         tracing::info!(
             database = core.store().backend(),
             cache = core.cache().backend(),
@@ -346,6 +400,7 @@ impl App {
             }
         };
         let _ = health_loop.await;
+        self.core.flush_events(Duration::from_secs(5)).await;
         self.core.store().close().await;
         tracing::info!("links service stopped");
         result

@@ -85,6 +85,9 @@ pub struct LinksConfig {
     #[command(flatten)]
     pub db: DatabaseArgs,
 
+    #[command(flatten)]
+    pub bus: shortlink_runtime::bus::BusArgs,
+
     /// Redis URL for the resolution cache (redis://127.0.0.1:6379). Unset:
     /// an in-process cache.
     #[arg(long, env = "REDIS_URL")]

@@ -56,8 +56,17 @@ struct CoreMetrics {
     breaker_transitions: IntCounterVec,
 }
 
+/// Where link events (created, updated, deleted) are published.
+#[derive(Clone)]
+pub struct EventSink {
+    pub bus: Arc<dyn shortlink_runtime::bus::EventBus>,
+    pub topic: String,
+    pub source: String,
+}
+
 /// See the module docs.
 pub struct LinksCore {
+    events: Option<EventSink>,
     store: Arc<dyn LinkStore>,
     cache: Arc<dyn Cache>,
     breaker: Arc<CircuitBreaker>,
@@ -95,6 +104,7 @@ impl LinksCore {
         breaker: BreakerConfig,
         policy: CachePolicy,
         metrics: &Metrics,
+        events: Option<EventSink>,
     ) -> Arc<Self> {
         let m = CoreMetrics {
             cache: metrics.register(
@@ -156,12 +166,22 @@ impl LinksCore {
             });
         }
         Arc::new(Self {
+            events,
             store,
             cache,
             breaker,
             policy,
             metrics: m,
         })
+    }
+
+    /// Waits up to `limit` for queued events to reach the broker.
+    pub async fn flush_events(&self, limit: Duration) {
+        if let Some(s) = &self.events {
+            let bus = s.bus.clone();
+            // librdkafka's flush blocks; keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || bus.flush(limit)).await;
+        }
     }
 
     /// The store (for health checks and shutdown).
@@ -242,6 +262,23 @@ impl LinksCore {
         }
     }
 
+    /// Publishes a link event after the change committed (never blocks).
+    fn emit(&self, kind: &str, link: &Link) {
+        let Some(sink) = &self.events else { return };
+        let ev = shortlink_proto::events::LinkEvent {
+            schema_version: shortlink_proto::events::SCHEMA_VERSION,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            kind: kind.to_owned(),
+            link_id: link.id,
+            user_id: link.user_id,
+            short_code: link.short_code.clone(),
+            source: sink.source.clone(),
+            ..Default::default()
+        };
+        let key = link.id.to_string();
+        shortlink_runtime::bus::publish_json(sink.bus.as_ref(), &sink.topic, Some(&key), &ev);
+    }
+
     /// Creates a link; see `CreateLinkRequest` for the rules.
     pub async fn create_link(
         &self,
@@ -300,6 +337,7 @@ impl LinksCore {
         };
         // A negative entry may exist for a custom code resolved before.
         self.invalidate(&link.short_code).await;
+        self.emit("created", &link);
         Ok(link)
     }
 
@@ -366,6 +404,7 @@ impl LinksCore {
         };
         let link = self.db(self.store.update_link(id, &patch)).await?;
         self.invalidate(&link.short_code).await;
+        self.emit("updated", &link);
         Ok(link)
     }
 
