@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+ensure_apt_pkg cmake cmake   # the edge (Pingora) needs it to build
 seed=()
 if [ -f ../shared/seed-data/users.csv ]; then seed=(--seed ../shared/seed-data); fi
 log "building (release) and starting shortlink up"

@@ -1092,3 +1092,73 @@ async fn edge_and_links_spans_share_the_callers_trace() {
     }
     panic!("expected edge (http_request) and links (rpc) spans in trace {trace_id}, saw {names:?}");
 }
+
+#[tokio::test]
+async fn cached_redirects_keep_working_through_the_edge_while_the_database_is_down() {
+    require_redis().await;
+    let db = TestDb::new().await;
+    let proxy = shortlink_testkit::Proxy::start("127.0.0.1:5432").await;
+    let mut env = links_env(
+        &db,
+        &[
+            ("BREAKER_COOL_DOWN_MS", "1000".into()),
+            ("DB_ACQUIRE_TIMEOUT_MS", "500".into()),
+        ],
+    );
+    env[0].1 = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let replica = Replica::start(&env).await;
+    let edge = EdgeProc::start(&[replica.grpc], &load_env()).await;
+    let user = post_json(
+        edge.http,
+        "/users",
+        json!({"username": "outage", "email": "o@example.com"}),
+    )
+    .await
+    .json();
+    let code = post_json(
+        edge.http,
+        "/shorten",
+        json!({"original_url": "https://example.com/o", "user_id": user["id"]}),
+    )
+    .await
+    .json()["short_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Past the second invalidation, then warm the cache.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        http(edge.http, "GET", &format!("/{code}"), &[], b"")
+            .await
+            .status,
+        302
+    );
+
+    proxy.cut().await;
+    // Several health intervals: the replica is not ready, yet stays in rotation.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = http(edge.http, "GET", &format!("/{code}"), &[], b"").await;
+    assert_eq!(r.status, 302, "cached redirect during the outage: {r:?}");
+    let r = post_json(
+        edge.http,
+        "/shorten",
+        json!({"original_url": "https://example.com/p", "user_id": user["id"]}),
+    )
+    .await;
+    assert_error(&r, 503, "database unavailable");
+    assert!(r.header("retry-after").is_some());
+
+    proxy.restore().await;
+    let back = eventually(Duration::from_secs(15), async || {
+        post_json(
+            edge.http,
+            "/shorten",
+            json!({"original_url": "https://example.com/q", "user_id": user["id"]}),
+        )
+        .await
+        .status
+            == 201
+    })
+    .await;
+    assert!(back, "writes did not recover");
+}

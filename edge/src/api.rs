@@ -681,7 +681,7 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
             }
             (Route::UsersBulk, _) => {
                 let csv = bulk_csv(req.content_type.unwrap_or(""), &req.body)?;
-                let users = parse_user_csv(&csv)?;
+                let (users, lines) = parse_user_csv(&csv)?;
                 let msg = pb::BulkCreateUsersRequest { users };
                 let (resp, rep) = up
                     .call(false, |ch| {
@@ -694,10 +694,10 @@ pub async fn handle(up: &Arc<Upstreams>, req: ApiRequest<'_>) -> Reply {
                 let errors: Vec<Value> = resp
                     .errors
                     .iter()
-                    .map(|e| json!({"row": e.index + 2, "error": e.error}))
+                    .map(|e| json!({"row": lines.get(e.index as usize).copied().unwrap_or(0), "error": e.error}))
                     .collect();
                 Reply::json(
-                    201,
+                    if resp.created.is_empty() { 400 } else { 201 },
                     json!({
                         "created": resp.created.len(),
                         "users": resp.created.iter().map(user_json).collect::<Vec<_>>(),
@@ -813,9 +813,11 @@ async fn list_events(
     )
 }
 
-/// Parses `username,email` rows (a header row is recognised and skipped).
-fn parse_user_csv(csv: &str) -> Result<Vec<pb::CreateUserRequest>, Reply> {
+/// Parses `username,email` rows (a header row is recognised and skipped);
+/// returns the rows and their 1-based line numbers.
+fn parse_user_csv(csv: &str) -> Result<(Vec<pb::CreateUserRequest>, Vec<usize>), Reply> {
     let mut out = Vec::new();
+    let mut lines = Vec::new();
     for (i, line) in csv.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -830,6 +832,7 @@ fn parse_user_csv(csv: &str) -> Result<Vec<pb::CreateUserRequest>, Reply> {
             username: u.to_owned(),
             email: e.to_owned(),
         });
+        lines.push(i + 1);
     }
     if out.is_empty() {
         return Err(Reply::error(
@@ -840,7 +843,7 @@ fn parse_user_csv(csv: &str) -> Result<Vec<pb::CreateUserRequest>, Reply> {
     if out.len() > 10_000 {
         return Err(Reply::error(400, "at most 10000 users per upload"));
     }
-    Ok(out)
+    Ok((out, lines))
 }
 
 #[cfg(test)]
@@ -873,9 +876,10 @@ mod tests {
     fn multipart_csv_is_extracted() {
         let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"u.csv\"\r\nContent-Type: text/csv\r\n\r\nusername,email\r\nann,ann@example.com\r\n--XyZ--\r\n";
         let csv = bulk_csv("multipart/form-data; boundary=XyZ", body).unwrap();
-        let rows = parse_user_csv(&csv).unwrap();
+        let (rows, lines) = parse_user_csv(&csv).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].username, "ann");
+        assert_eq!(lines, [2]);
         assert_eq!(bulk_csv("application/json", b"{}").unwrap_err().status, 415);
     }
 

@@ -130,8 +130,8 @@ pub fn run_with_bus(
     let settings = ProxySettings {
         edge_id: edge_id.clone(),
         hsts: format!("max-age={}; includeSubDomains", cfg.hsts_max_age_s),
-        redirect_to_https: cfg.redirect_to_https && cfg.https_addr.is_some(),
-        https_port: cfg.https_public_port.or(cfg.https_addr.map(|a| a.port())),
+        redirect_to_https: cfg.redirect_to_https && cfg.https_addr.0.is_some(),
+        https_port: cfg.https_public_port.or(cfg.https_addr.0.map(|a| a.port())),
         trusted_proxies: cfg.trusted_proxies.clone(),
     };
     let edge = Edge {
@@ -148,7 +148,7 @@ pub fn run_with_bus(
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "shortlink edge");
     proxy.add_tcp(&cfg.http_addr.to_string());
-    if let Some(addr) = cfg.https_addr {
+    if let Some(addr) = cfg.https_addr.0 {
         let (cert, key) = crate::tls::material(
             cfg.tls_cert.as_deref(),
             cfg.tls_key.as_deref(),
@@ -173,7 +173,7 @@ pub fn run_with_bus(
     tracing::info!(
         edge = %edge_id,
         http = %cfg.http_addr,
-        https = ?cfg.https_addr,
+        https = ?cfg.https_addr.0,
         metrics = %cfg.metrics_addr,
         upstreams = ?cfg.upstreams,
         "edge starting"

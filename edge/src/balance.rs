@@ -118,6 +118,14 @@ pub fn is_connection_failure(s: &tonic::Status) -> bool {
         || m.contains("broken pipe")
 }
 
+/// True when the call hit the client-side deadline (tonic reports it as
+/// CANCELLED "Timeout expired"): a slow replica, not a broken one.
+pub fn is_timeout(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::DeadlineExceeded
+        || (s.code() == tonic::Code::Cancelled
+            && s.message().to_ascii_lowercase().contains("timeout"))
+}
+
 /// True when nothing was sent (the connection could not be made), so even
 /// a non-idempotent call may be tried elsewhere.
 fn is_connect_failure(s: &tonic::Status) -> bool {
@@ -275,7 +283,7 @@ impl Upstreams {
                         break;
                     }
                 }
-                Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+                Err(s) if is_timeout(&s) => {
                     self.metrics
                         .failures
                         .with_label_values(&[&r.addr, "timeout"])

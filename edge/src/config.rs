@@ -16,9 +16,9 @@ pub struct EdgeConfig {
     /// Plain HTTP listener of the public API.
     #[arg(long, env = "EDGE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
-    /// TLS listener (HTTP/1.1 and HTTP/2); empty disables TLS.
+    /// TLS listener (HTTP/1.1 and HTTP/2); "off" disables TLS.
     #[arg(long, env = "EDGE_HTTPS_ADDR", default_value = "127.0.0.1:8443")]
-    pub https_addr: Option<SocketAddr>,
+    pub https_addr: OptionalAddr,
     /// Prometheus metrics listener.
     #[arg(long, env = "EDGE_METRICS_ADDR", default_value = "127.0.0.1:9180")]
     pub metrics_addr: SocketAddr,
@@ -89,7 +89,7 @@ pub struct EdgeConfig {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100.0)]
     pub rate_limit_burst: f64,
     /// Clients whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated).
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<IpNet>,
 
     #[command(flatten)]
@@ -98,10 +98,13 @@ pub struct EdgeConfig {
     /// Worker threads of the proxy.
     #[arg(long, env = "EDGE_THREADS", default_value_t = 2)]
     pub threads: usize,
-    /// Seconds to keep serving after SIGTERM before draining (lets balancers notice).
-    #[arg(long, env = "EDGE_GRACE_PERIOD_S", default_value_t = 0)]
+    /// After SIGTERM (or after handing sockets over in an upgrade), seconds
+    /// during which requests already in flight may finish before the worker
+    /// runtimes are shut down.
+    #[arg(long, env = "EDGE_GRACE_PERIOD_S", default_value_t = 3)]
     pub grace_period_s: u64,
-    /// Longest drain of in-flight requests at shutdown, in seconds.
+    /// Bound on shutting the worker runtimes down once the grace period is
+    /// over, in seconds.
     #[arg(long, env = "EDGE_SHUTDOWN_TIMEOUT_S", default_value_t = 10)]
     pub shutdown_timeout_s: u64,
     /// Take over the listening sockets of a running edge (zero-downtime
@@ -115,6 +118,32 @@ pub struct EdgeConfig {
         default_value = "/tmp/shortlink-edge-upgrade.sock"
     )]
     pub upgrade_sock: String,
+}
+
+/// A listen address, or none ("off" or empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" | "off" | "none" => Ok(Self(None)),
+            a => a
+                .parse()
+                .map(|a| Self(Some(a)))
+                .map_err(|e| format!("{a:?} is not host:port ({e}); use off to disable")),
+        }
+    }
+}
+
+/// A CIDR, or a bare IP taken as a single-address network.
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR"))
 }
 
 impl EdgeConfig {

@@ -50,6 +50,9 @@ pub struct Guard {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     bans: RwLock<HashMap<String, Ban>>,
     local_strikes: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Bans issued here while the shared store was unreachable, still to
+    /// be written there.
+    unsynced: Mutex<std::collections::HashSet<String>>,
     metrics: EdgeMetrics,
 }
 
@@ -75,6 +78,7 @@ impl Guard {
             buckets: Mutex::new(HashMap::new()),
             bans: RwLock::new(HashMap::new()),
             local_strikes: Mutex::new(HashMap::new()),
+            unsynced: Mutex::new(std::collections::HashSet::new()),
             metrics,
         })
     }
@@ -98,14 +102,62 @@ impl Guard {
     }
 
     /// Reloads limits and every ban from the store (keeps the local copy
-    /// when the store does not answer).
+    /// when the store does not answer). First puts back what the store may
+    /// have lost: persisted bans (after a Redis restart) and bans this edge
+    /// issued while the store was unreachable.
     pub async fn sync(&self) {
+        if let Err(e) = self.store.restore_from_pg().await {
+            tracing::debug!(error = %e, "ban restore skipped");
+        }
+        let pending: Vec<String> = self
+            .unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for ip in pending {
+            let ban = self
+                .bans
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&ip)
+                .cloned();
+            match ban {
+                Some(b) if b.active(Utc::now()) => {
+                    if self.store.put_ban(&b).await.is_ok() {
+                        self.unsynced
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&ip);
+                    }
+                }
+                _ => {
+                    self.unsynced
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&ip);
+                }
+            }
+        }
         if let Ok(l) = self.store.limits().await {
             *self.limits.write().unwrap_or_else(|p| p.into_inner()) = l;
         }
         if let Ok(bans) = self.store.bans().await {
-            let map = bans.into_iter().map(|b| (b.ip.clone(), b)).collect();
-            *self.bans.write().unwrap_or_else(|p| p.into_inner()) = map;
+            let mut map: HashMap<String, Ban> =
+                bans.into_iter().map(|b| (b.ip.clone(), b)).collect();
+            let unsynced = self
+                .unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let mut local = self.bans.write().unwrap_or_else(|p| p.into_inner());
+            for ip in unsynced {
+                if let Some(b) = local.get(&ip) {
+                    map.entry(ip).or_insert_with(|| b.clone());
+                }
+            }
+            *local = map;
         }
     }
 
@@ -284,7 +336,11 @@ impl Guard {
             .insert(ip.to_owned(), ban.clone());
         let _ = self.store.clear_strikes(ip).await;
         if let Err(e) = self.store.put_ban(&ban).await {
-            tracing::warn!(error = %e, ip, "ban kept locally only: shared store unavailable");
+            tracing::warn!(error = %e, ip, "ban kept locally until the shared store answers");
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ip.to_owned());
         }
         ban
     }

@@ -29,8 +29,11 @@ use crate::grpc::{EventApi, LinkApi, UserApi};
 use crate::service::LinksCore;
 use crate::store::{self, LinkStore, StoreConfig};
 
-/// gRPC service names published through grpc.health.v1 ("" is the server
-/// as a whole).
+/// gRPC service names published through grpc.health.v1. "" (the server as
+/// a whole) reports readiness (database usable, breaker not open); the
+/// named services report whether the process serves at all (balancers such
+/// as the edge check `shortlink.v1.LinkService`, so cached redirects keep
+/// flowing while the database is down).
 pub const SERVICE_NAMES: [&str; 4] = [
     "",
     "shortlink.v1.LinkService",
@@ -340,8 +343,15 @@ impl App {
                         }
                         last = Some(report.ready);
                     }
-                    for name in SERVICE_NAMES {
-                        reporter.set_service_status(name, status).await;
+                    // "" (the server) is readiness: the database is usable.
+                    // The services stay SERVING while the process runs, so
+                    // balancers keep sending resolutions, which the cache
+                    // can answer without the database.
+                    reporter.set_service_status("", status).await;
+                    for name in &SERVICE_NAMES[1..] {
+                        reporter
+                            .set_service_status(name, ServingStatus::Serving)
+                            .await;
                     }
                     tokio::select! {
                         () = tokio::time::sleep(interval) => {}
