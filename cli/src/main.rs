@@ -32,6 +32,14 @@ enum Command {
     Edge(EdgeConfig),
     /// Run the admin service: bans and rate limits over authenticated gRPC.
     Admin(shortlink_admin::AdminConfig),
+    /// Consume events: print them as text or JSON lines on stdout.
+    LogPrinter(shortlink_consumers::log_printer::LogPrinterArgs),
+    /// Consume events: 5xx responses and ERROR logs to Discord-compatible webhooks.
+    Alerter(shortlink_consumers::alerter::AlerterArgs),
+    /// Consume events: ring buffer and per-minute aggregates in the dashboard database.
+    DashboardIngest(shortlink_consumers::dashboard::DashboardIngestArgs),
+    /// Consume events: click events and per-link counts into the app database.
+    Analytics(shortlink_consumers::analytics::AnalyticsArgs),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
     /// Import users, links and events from CSV files (idempotent).
@@ -121,6 +129,10 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
     let service = match &command {
         Command::Links(_) => "links",
         Command::Admin(_) => "admin",
+        Command::LogPrinter(_) => "log-printer",
+        Command::Alerter(_) => "alerter",
+        Command::DashboardIngest(_) => "dashboard-ingest",
+        Command::Analytics(_) => "analytics",
         Command::Migrate(_) => "migrate",
         Command::Import(_) => "import",
         Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
@@ -136,6 +148,34 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
             shortlink_admin::run(cfg, shutdown).await
+        }
+        Command::LogPrinter(a) => {
+            let bus_args = a.group.bus.clone();
+            consume("log-printer", &bus_args, |bus, s| {
+                shortlink_consumers::log_printer::run(a, bus, s)
+            })
+            .await
+        }
+        Command::Alerter(a) => {
+            let bus_args = a.group.bus.clone();
+            consume("alerter", &bus_args, |bus, s| {
+                shortlink_consumers::alerter::run(a, bus, s)
+            })
+            .await
+        }
+        Command::DashboardIngest(a) => {
+            let bus_args = a.group.bus.clone();
+            consume("dashboard-ingest", &bus_args, |bus, s| {
+                shortlink_consumers::dashboard::run(a, bus, s)
+            })
+            .await
+        }
+        Command::Analytics(a) => {
+            let bus_args = a.group.bus.clone();
+            consume("analytics", &bus_args, |bus, s| {
+                shortlink_consumers::analytics::run(a, bus, s)
+            })
+            .await
         }
         Command::Migrate(db) => {
             let cfg = db.store_config()?;
@@ -161,6 +201,33 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Runs one consumer on its own bus connection until a signal.
+async fn consume<F, Fut>(
+    kind: &str,
+    bus_args: &shortlink_runtime::bus::BusArgs,
+    f: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(std::sync::Arc<dyn shortlink_runtime::bus::EventBus>, Shutdown) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let metrics = shortlink_runtime::metrics::Metrics::new(kind, kind);
+    let bus = shortlink_runtime::bus::connect(bus_args, &metrics)?;
+    let topics = shortlink_runtime::bus::Topics::with_prefix(&bus_args.topic_prefix);
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
+    shortlink_runtime::telemetry::publish_logs_to(bus.clone(), topics.logs, kind, kind);
+    f(bus, shutdown).await
+}
+
+/// Consumer settings for `up`, read from the environment only.
+#[derive(Debug, Parser)]
+struct ConsumersFromEnv {
+    #[command(flatten)]
+    alerter: shortlink_consumers::alerter::AlerterArgs,
+}
+
 /// The all-in-one: the links service on the tokio runtime, the edge on this
 /// thread in front of it. A signal stops the edge (Pingora handles it), and
 /// the links service is stopped after it.
@@ -173,6 +240,17 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
     edge.redis_url = links_cfg.redis_url.clone();
     edge.database_url = links_cfg.db.database_url.clone();
     let shutdown = Shutdown::new();
+    // One bus for everything in this process: in-process unless KAFKA_BROKERS.
+    let metrics = shortlink_runtime::metrics::Metrics::new("bus", "up");
+    let bus = shortlink_runtime::bus::connect(&links_cfg.bus, &metrics)?;
+    let alerter = ConsumersFromEnv::try_parse_from(["up"])
+        .map_err(|e| ConfigError::new(format!("alerter settings: {e}")))?
+        .alerter;
+    let group = shortlink_consumers::GroupArgs {
+        bus: links_cfg.bus.clone(),
+        group: None,
+    };
+    let data_dir = links_cfg.db.data_dir.clone();
     let app = runtime.block_on(async {
         if let Some(dir) = &args.seed {
             let cfg = links_cfg.db.store_config()?;
@@ -184,12 +262,85 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
             store.close().await;
             counts?;
         }
-        App::build(links_cfg).await
+        App::build_with_bus(links_cfg, Some(bus.clone())).await
     })?;
     edge.upstreams = vec![app.grpc_addr().to_string()];
+    {
+        use shortlink_consumers::{alerter, analytics, dashboard, log_printer};
+        let _guard = runtime.enter();
+        let s = shutdown.clone();
+        let spawn =
+            |name: &'static str,
+             fut: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::error!(
+                            consumer = name,
+                            error = format!("{e:#}"),
+                            "consumer stopped"
+                        );
+                    }
+                });
+            };
+        spawn(
+            "analytics",
+            Box::pin(analytics::run(
+                analytics::AnalyticsArgs {
+                    group: group.clone(),
+                    links_addr: app.grpc_addr().to_string(),
+                    batch_max: 500,
+                    batch_wait_ms: 1000,
+                },
+                bus.clone(),
+                s.clone(),
+            )),
+        );
+        spawn(
+            "log-printer",
+            Box::pin(log_printer::run(
+                log_printer::LogPrinterArgs {
+                    group: group.clone(),
+                    format: "text".into(),
+                    min_level: "warn".into(),
+                },
+                bus.clone(),
+                s.clone(),
+            )),
+        );
+        spawn(
+            "alerter",
+            Box::pin(alerter::run(
+                alerter::AlerterArgs {
+                    group: group.clone(),
+                    ..alerter
+                },
+                bus.clone(),
+                s.clone(),
+            )),
+        );
+        spawn(
+            "dashboard-ingest",
+            Box::pin(dashboard::run(
+                dashboard::DashboardIngestArgs {
+                    group: group.clone(),
+                    dashboard_database_url: std::env::var("DASHBOARD_DATABASE_URL").unwrap_or_else(
+                        |_| format!("sqlite://{}/dashboard.db?mode=rwc", data_dir.display()),
+                    ),
+                    http_addr: std::env::var("DASHBOARD_INGEST_HTTP_ADDR")
+                        .ok()
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or_else(|| "127.0.0.1:9184".parse().expect("valid address")),
+                    ring_size: 1000,
+                    raw_retention_h: 6,
+                },
+                bus.clone(),
+                s.clone(),
+            )),
+        );
+    }
     tracing::info!(grpc = %app.grpc_addr(), http = %edge.http_addr, "shortlink is up");
     let links = runtime.spawn(app.run_until_stopped(shutdown.clone()));
-    let edge_result = shortlink_edge::run(edge);
+    let edge_result = shortlink_edge::run_with_bus(edge, Some(bus));
     shutdown.trigger();
     let links_result = runtime.block_on(links).context("links service task")?;
     edge_result.and(links_result)

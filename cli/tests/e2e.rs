@@ -206,6 +206,14 @@ async fn up_runs_links_and_edge_on_the_embedded_default_with_the_seed() {
             ("EDGE_METRICS_ADDR", format!("127.0.0.1:{edge_metrics}")),
             ("EDGE_CERT_DIR", dir.join("tls").display().to_string()),
             ("EDGE_HEALTH_INTERVAL_MS", "200".into()),
+            (
+                "ALERTER_HTTP_ADDR",
+                format!("127.0.0.1:{}", shortlink_testkit::free_port()),
+            ),
+            (
+                "DASHBOARD_INGEST_HTTP_ADDR",
+                format!("127.0.0.1:{}", shortlink_testkit::free_port()),
+            ),
         ],
     );
     wait_ready(&mut p, ports.http).await;
@@ -242,6 +250,14 @@ async fn up_runs_links_and_edge_on_the_embedded_default_with_the_seed() {
         .unwrap()
         .into_inner();
     assert_eq!(r.original_url, "https://seeded.app/gold/meadow/1");
+    // The in-process pipeline: the redirect above becomes a click event.
+    let clicked = shortlink_testkit::eventually(Duration::from_secs(10), async || {
+        let r =
+            shortlink_testkit::http(edge, "GET", "/urls/1/events?event_type=click", &[], b"").await;
+        r.status == 200 && r.json()["total"] == 1
+    })
+    .await;
+    assert!(clicked, "the redirect's click reached the app database");
     p.sigterm();
     assert!(p.wait_exit(Duration::from_secs(30)).await.success());
     let _ = std::fs::remove_dir_all(dir);

@@ -71,6 +71,16 @@ pub struct BusArgs {
         default_value_t = 3
     )]
     pub topic_partitions: i32,
+    /// Most events per produced batch. 1 keeps every event in its own
+    /// record batch, which brokers that cannot serve a fetch starting in the
+    /// middle of a batch (tansu 0.6) need for consumers to resume at their
+    /// committed offset; Apache Kafka can take 10000.
+    #[arg(
+        long = "producer-batch",
+        env = "KAFKA_PRODUCER_BATCH",
+        default_value_t = 1
+    )]
+    pub producer_batch: usize,
     /// Events the local producer queue holds while the broker is away.
     #[arg(
         long = "producer-queue",
@@ -442,7 +452,10 @@ impl KafkaBus {
             )
             .set("queue.buffering.max.kbytes", "262144")
             .set("linger.ms", "5")
+            .set("batch.num.messages", args.producer_batch.max(1).to_string())
             .set("reconnect.backoff.max.ms", "1000")
+            // Topics may be created after the producer starts: look again soon.
+            .set("topic.metadata.refresh.interval.ms", "2000")
             .set("log_level", "3")
             .create_with_context(DeliveryCounter(m.clone()))
             .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer for {brokers}: {e}"))?;
@@ -538,7 +551,12 @@ impl EventBus for KafkaBus {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            // A restarted consumer takes over its group's partitions within
+            // seconds, even when the previous member died without leaving.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", "15000")
+            .set("topic.metadata.refresh.interval.ms", "2000")
             .set("reconnect.backoff.max.ms", "1000")
             .set("log_level", "3")
             .create()?;
@@ -554,6 +572,41 @@ impl EventBus for KafkaBus {
     fn flush(&self, limit: Duration) {
         let _ = self.producer.flush(limit);
     }
+}
+
+/// Keeps the topics in existence: creates them now (retrying while the
+/// broker is away) and checks again every 10 s, so a broker that restarts
+/// empty gets them back and queued events can be delivered. Runs on the
+/// current runtime until `shutdown`.
+pub fn keep_topics(bus: Arc<dyn EventBus>, topics: Vec<String>, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(500);
+        let mut warned = false;
+        loop {
+            let wait = match bus.ensure_topics(&topics).await {
+                Ok(()) => {
+                    delay = Duration::from_millis(500);
+                    warned = false;
+                    Duration::from_secs(10)
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "cannot create topics yet; retrying"
+                        );
+                        warned = true;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.wait() => return,
+            }
+        }
+    });
 }
 
 /// Runs a consumer group: each event goes to `handle`; its offset is

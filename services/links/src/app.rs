@@ -66,7 +66,10 @@ fn rpc_paths() -> Vec<String> {
                 "BulkCreateUsers",
             ],
         ),
-        ("EventService", &["ListEvents", "CreateEvent"]),
+        (
+            "EventService",
+            &["ListEvents", "CreateEvent", "RecordClicks"],
+        ),
     ];
     let mut out: Vec<String> = methods
         .iter()
@@ -99,27 +102,6 @@ pub async fn connect_store(
             Err(e) => return Err(e.context("cannot connect to the database")),
         }
     }
-}
-
-/// Creates the topics in the background, retrying while the broker is
-/// away: start-up never waits for Kafka.
-pub fn spawn_ensure_topics(bus: Arc<dyn shortlink_runtime::bus::EventBus>, topics: Vec<String>) {
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match bus.ensure_topics(&topics).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "cannot create topics yet; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
 }
 
 /// True when the error says the database could not be reached (worth
@@ -244,7 +226,7 @@ impl App {
             None => shortlink_runtime::bus::connect(&cfg.bus, &metrics)?,
         };
         let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
-        spawn_ensure_topics(bus.clone(), topics.all());
+        shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), Shutdown::new());
         shortlink_runtime::telemetry::publish_logs_to(
             bus.clone(),
             topics.logs.clone(),

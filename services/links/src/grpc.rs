@@ -298,6 +298,38 @@ impl EventService for EventApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(clicks = req.get_ref().clicks.len()))]
+    async fn record_clicks(
+        &self,
+        req: Request<pb::RecordClicksRequest>,
+    ) -> Result<Response<pb::RecordClicksResponse>, Status> {
+        let now = crate::model::now();
+        let clicks = req
+            .into_inner()
+            .clicks
+            .into_iter()
+            .map(|c| crate::model::NewClick {
+                url_id: c.url_id,
+                user_id: c.user_id,
+                at: chrono::DateTime::parse_from_rfc3339(&c.time)
+                    .map_or(now, |t| t.with_timezone(&chrono::Utc)),
+                details: serde_json::json!({
+                    "referrer": c.referrer,
+                    "user_agent": c.user_agent,
+                    "request_id": c.request_id,
+                    "source": c.source,
+                }),
+                request_id: c.request_id,
+            })
+            .collect();
+        let n = self.0.record_clicks(clicks).await?;
+        Ok(Response::new(pb::RecordClicksResponse {
+            recorded: n.recorded,
+            duplicates: n.duplicates,
+            unknown_links: n.unknown_links,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(url_id = req.get_ref().url_id))]
     async fn create_event(
         &self,

@@ -79,6 +79,24 @@ pub struct NewEvent {
     pub details: Value,
 }
 
+/// A click to record (from the analytics consumer).
+#[derive(Clone, Debug)]
+pub struct NewClick {
+    pub url_id: i64,
+    pub user_id: i64,
+    pub request_id: String,
+    pub details: Value,
+    pub at: DateTime<Utc>,
+}
+
+/// What a click batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClickCounts {
+    pub recorded: u32,
+    pub duplicates: u32,
+    pub unknown_links: u32,
+}
+
 /// Filters of a link listing, combined with AND.
 #[derive(Clone, Debug, Default)]
 pub struct LinkFilter {

@@ -477,6 +477,32 @@ impl LinksCore {
         self.db(self.store.create_event(&new)).await
     }
 
+    /// Records a batch of clicks idempotently.
+    pub async fn record_clicks(
+        &self,
+        clicks: Vec<crate::model::NewClick>,
+    ) -> Result<crate::model::ClickCounts, ServiceError> {
+        if clicks.len() > 5000 {
+            return Err(ServiceError::InvalidArgument(
+                "at most 5000 clicks per call".into(),
+            ));
+        }
+        for c in &clicks {
+            validate::id("url_id", c.url_id)?;
+            if c.request_id.is_empty() || c.request_id.len() > 128 {
+                return Err(ServiceError::InvalidArgument(
+                    "request_id is required (at most 128 characters)".into(),
+                ));
+            }
+        }
+        self.db(self.store.record_clicks(&clicks)).await
+    }
+
+    /// Clicks recorded for a link.
+    pub async fn click_count(&self, url_id: i64) -> Result<i64, ServiceError> {
+        self.db(self.store.click_count(url_id)).await
+    }
+
     pub async fn list_events(
         &self,
         filter: EventFilter,

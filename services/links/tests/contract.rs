@@ -10,8 +10,8 @@ use chrono::{TimeZone, Utc};
 use serde_json::json;
 use shortlink_links::cache::{Cache, Cached, MemoryCache, RedisCache, RedisCacheConfig};
 use shortlink_links::model::{
-    Event, EventFilter, Link, LinkFilter, LinkPatch, NewEvent, NewLink, NewUser, Page, Target,
-    User, UserPatch,
+    Event, EventFilter, Link, LinkFilter, LinkPatch, NewClick, NewEvent, NewLink, NewUser, Page,
+    Target, User, UserPatch,
 };
 use shortlink_links::store::{self, Entity, LinkStore, StoreConfig, StoreError};
 
@@ -279,6 +279,43 @@ async fn store_contract(s: Arc<dyn LinkStore>) {
     assert!(s.user_by_id(carol.id).await.unwrap().is_none());
     let (users, n) = s.list_users(Page::new(1, 10)).await.unwrap();
     assert_eq!((users.len(), n), (2, 2));
+
+    // Clicks: idempotent by request id, counted per link, unknown links skipped.
+    let click = |url_id: i64, rid: &str| NewClick {
+        url_id,
+        user_id: bob.id,
+        request_id: rid.into(),
+        details: json!({"referrer": "r", "request_id": rid}),
+        at: Utc::now(),
+    };
+    let batch = vec![
+        click(l1.id, "rq1"),
+        click(l1.id, "rq2"),
+        click(l2.id, "rq3"),
+        click(9999, "rq4"),
+    ];
+    let n = s.record_clicks(&batch).await.unwrap();
+    assert_eq!((n.recorded, n.duplicates, n.unknown_links), (3, 0, 1));
+    let again = s.record_clicks(&batch).await.unwrap();
+    assert_eq!(
+        (again.recorded, again.duplicates, again.unknown_links),
+        (0, 3, 1)
+    );
+    assert_eq!(s.click_count(l1.id).await.unwrap(), 2);
+    assert_eq!(s.click_count(l2.id).await.unwrap(), 1);
+    assert_eq!(s.click_count(l3.id).await.unwrap(), 0);
+    let (clicks, n) = s
+        .list_events(
+            &EventFilter {
+                url_id: Some(l1.id),
+                user_id: None,
+                event_type: Some("click".into()),
+            },
+            Page::new(1, 10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3, "the manual click above plus two recorded: {clicks:?}");
 
     s.ping().await.unwrap();
     assert!(s.pool_stats().max >= 1);

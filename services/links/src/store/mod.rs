@@ -13,8 +13,8 @@ use async_trait::async_trait;
 pub use sql::{PgStore, SqliteStore};
 
 use crate::model::{
-    Event, EventFilter, Link, LinkFilter, LinkPatch, NewEvent, NewLink, NewUser, Page, User,
-    UserPatch,
+    ClickCounts, Event, EventFilter, Link, LinkFilter, LinkPatch, NewClick, NewEvent, NewLink,
+    NewUser, Page, User, UserPatch,
 };
 
 /// What a `NotFound` refers to.
@@ -127,6 +127,12 @@ pub trait LinkStore: Send + Sync + 'static {
         filter: &EventFilter,
         page: Page,
     ) -> Result<(Vec<Event>, i64), StoreError>;
+
+    /// Records clicks idempotently (keyed by request id): a `click` event
+    /// each and the per-link counts, in one transaction.
+    async fn record_clicks(&self, clicks: &[NewClick]) -> Result<ClickCounts, StoreError>;
+    /// Clicks recorded for a link.
+    async fn click_count(&self, url_id: i64) -> Result<i64, StoreError>;
 
     /// Inserts rows with their own ids, skipping any whose id (or unique
     /// value) is already present, in one transaction; then moves id

@@ -16,8 +16,8 @@ use sqlx::types::Json;
 
 use super::{Entity, ImportCounts, LinkStore, PoolStats, StoreConfig, StoreError};
 use crate::model::{
-    Event, EventFilter, Link, LinkFilter, LinkPatch, NewEvent, NewLink, NewUser, Page, User,
-    UserPatch, now,
+    ClickCounts, Event, EventFilter, Link, LinkFilter, LinkPatch, NewClick, NewEvent, NewLink,
+    NewUser, Page, User, UserPatch, now,
 };
 
 // Column lists as macros so statements stay `&'static str` literals
@@ -414,6 +414,68 @@ macro_rules! sql_store {
                     .push_bind(page.offset());
                 let rows = q.build_query_as::<EventRow>().fetch_all(&self.pool).await.map_err(classify)?;
                 Ok((rows.into_iter().map(Event::from).collect(), total))
+            }
+
+            async fn record_clicks(&self, clicks: &[NewClick]) -> Result<ClickCounts, StoreError> {
+                let mut counts = ClickCounts::default();
+                let mut per_link: std::collections::BTreeMap<i64, (i64, chrono::DateTime<chrono::Utc>)> = Default::default();
+                let mut tx = self.begin_write().await?;
+                for c in clicks {
+                    let known: Option<(i64,)> = sqlx::query_as("SELECT id FROM urls WHERE id = $1")
+                        .bind(c.url_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    if known.is_none() {
+                        counts.unknown_links += 1;
+                        continue;
+                    }
+                    let inserted = sqlx::query(
+                        "INSERT INTO events (url_id, user_id, event_type, timestamp, details, dedupe_key) \
+                         VALUES ($1, $2, 'click', $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING",
+                    )
+                    .bind(c.url_id)
+                    .bind(c.user_id)
+                    .bind(c.at)
+                    .bind(Json(&c.details))
+                    .bind(format!("click:{}", c.request_id))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .rows_affected();
+                    if inserted == 1 {
+                        counts.recorded += 1;
+                        let e = per_link.entry(c.url_id).or_insert((0, c.at));
+                        e.0 += 1;
+                        e.1 = e.1.max(c.at);
+                    } else {
+                        counts.duplicates += 1;
+                    }
+                }
+                for (url_id, (n, last)) in per_link {
+                    sqlx::query(
+                        "INSERT INTO link_clicks (url_id, clicks, last_click_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (url_id) DO UPDATE SET clicks = link_clicks.clicks + EXCLUDED.clicks, \
+                         last_click_at = EXCLUDED.last_click_at",
+                    )
+                    .bind(url_id)
+                    .bind(n)
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                }
+                tx.commit().await.map_err(classify)?;
+                Ok(counts)
+            }
+
+            async fn click_count(&self, url_id: i64) -> Result<i64, StoreError> {
+                let n: Option<(i64,)> = sqlx::query_as("SELECT clicks FROM link_clicks WHERE url_id = $1")
+                    .bind(url_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                Ok(n.map_or(0, |r| r.0))
             }
 
             async fn import(&self, users: &[User], links: &[Link], events: &[Event]) -> Result<ImportCounts, StoreError> {

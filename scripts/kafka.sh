@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A Kafka-protocol broker for the tests: tansu 0.6 from crates.io (Apache
+# Kafka compatible, works with librdkafka), built once and cached outside
+# the clone, listening on 127.0.0.1 only.
+#
+#   ./scripts/kafka.sh install | start | stop | path
+#
+# Its storage is in memory (the dynostore build has no disk engine), so a
+# restarted broker starts empty; the services re-create their topics.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+tools="${SHORTLINK_TOOLS:-$HOME/.cache/shortlink/tools}"
+tansu="$tools/bin/tansu"
+addr="${KAFKA_TEST_ADDR:-127.0.0.1:19092}"
+pidfile="$tools/tansu-${addr//[:.]/_}.pid"
+
+install() {
+  [ -x "$tansu" ] && return 0
+  log "building tansu 0.6.0 into $tools (once; about 12 minutes)"
+  mkdir -p "$tools"
+  cargo install tansu --version 0.6.0 --locked --features dynostore --root "$tools" >"$tools/install.log" 2>&1 \
+    || { tail -30 "$tools/install.log" >&2; die "cargo install tansu failed (log: $tools/install.log)"; }
+}
+
+up() { (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; }
+
+case "${1:-start}" in
+  install) install ;;
+  path) install; echo "$tansu" ;;
+  start)
+    install
+    if up; then log "broker already listening on $addr"; exit 0; fi
+    log "starting tansu on $addr"
+    nohup "$tansu" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+      --storage-engine memory://tansu/ >"$tools/tansu-${addr//[:.]/_}.log" 2>&1 &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 50); do up && exit 0; sleep 0.2; done
+    die "tansu did not start on $addr (log: $tools/tansu-${addr//[:.]/_}.log)"
+    ;;
+  stop)
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+    ;;
+  *) die "usage: $0 install|start|stop|path" ;;
+esac

@@ -1,0 +1,143 @@
+//! The event pipeline's consumers. Each is its own subcommand and its own
+//! consumer group, and commits offsets only after processing
+//! (at-least-once); every handler is idempotent enough that a redelivered
+//! event does no harm.
+//!
+//! - `log_printer`: events as human-readable or JSON lines on stdout.
+//! - `alerter`: 5xx responses and ERROR/CRITICAL logs to Discord-compatible
+//!   webhooks, throttled per webhook, plus Alertmanager webhooks.
+//! - `dashboard`: a ring buffer of recent events and per-minute aggregates
+//!   in the dashboard database.
+//! - `analytics`: click events and per-link counts into the app database
+//!   (through the links service), in batches.
+
+pub mod alerter;
+pub mod analytics;
+pub mod dashboard;
+pub mod log_printer;
+
+use std::time::Duration;
+
+use shortlink_runtime::bus::{BusArgs, Delivery, Subscription};
+use shortlink_runtime::shutdown::Shutdown;
+
+/// Settings every consumer shares.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    /// Consumer group (default: shortlink-<consumer>).
+    #[arg(long, env = "CONSUMER_GROUP")]
+    pub group: Option<String>,
+}
+
+impl GroupArgs {
+    pub fn group_or(&self, default: &str) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("shortlink-{default}"))
+    }
+}
+
+/// Severity of an event, for filtering and alerting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Some(Level::Info),
+            "warn" | "warning" => Some(Level::Warn),
+            "error" => Some(Level::Error),
+            "critical" => Some(Level::Critical),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+            Level::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// Collects a batch: waits for a first event (or shutdown), then takes what
+/// arrives within `wait`, up to `max`.
+pub async fn next_batch(
+    sub: &mut Box<dyn Subscription>,
+    max: usize,
+    wait: Duration,
+    shutdown: &Shutdown,
+) -> Option<Vec<Delivery>> {
+    let first = loop {
+        tokio::select! {
+            d = sub.next() => match d {
+                Ok(d) => break d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.wait() => return None,
+                    }
+                }
+            },
+            () = shutdown.wait() => return None,
+        }
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Ok(d)) => batch.push(d),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Commits the last delivery of each topic partition in `batch`.
+pub async fn commit_batch(sub: &mut Box<dyn Subscription>, batch: &[Delivery]) {
+    let mut last: std::collections::HashMap<(&str, i32), &Delivery> =
+        std::collections::HashMap::new();
+    for d in batch {
+        let e = last.entry((d.topic.as_str(), d.partition)).or_insert(d);
+        if d.offset > e.offset {
+            *e = d;
+        }
+    }
+    for d in last.values() {
+        if let Err(e) = sub.commit(d).await {
+            tracing::warn!(error = %e, "commit failed; events may be seen again");
+        }
+    }
+}
+
+/// Retries `f` with backoff until it succeeds or shutdown (returns false).
+pub async fn retry_until_ok<F, Fut, T>(what: &str, shutdown: &Shutdown, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), what, "failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.wait() => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
