@@ -216,6 +216,20 @@ where
     let topics = shortlink_runtime::bus::Topics::with_prefix(&bus_args.topic_prefix);
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
+    // Subscribe only once the topics exist: a subscription whose topics
+    // appear later is rebalanced, which some brokers handle poorly.
+    let mut delay = std::time::Duration::from_millis(200);
+    while let Err(e) = bus.ensure_topics(&topics.all()).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "waiting for the broker to create topics"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.wait() => return Ok(()),
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
     shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
     shortlink_runtime::telemetry::publish_logs_to(bus.clone(), topics.logs, kind, kind);
     f(bus, shutdown).await

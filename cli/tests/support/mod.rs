@@ -147,6 +147,32 @@ pub fn spawn_raw(args: &[&str], envs: &[(&str, String)]) -> Proc {
     Proc(cmd.spawn().expect("spawn shortlink"))
 }
 
+/// Starts a process whose stdout goes to `out`.
+pub fn spawn_to_file(args: &[&str], envs: &[(&str, String)], out: &std::path::Path) -> Proc {
+    let f = std::fs::File::create(out).expect("create output file");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("spawn shortlink"))
+}
+
+/// The broker the tests share (started by scripts/test.sh).
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_TEST_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "KAFKA_TEST_BROKERS is not set: start a broker with ./scripts/kafka.sh start and export \
+             KAFKA_TEST_BROKERS=127.0.0.1:19092 (./scripts/test.sh does both)"
+        )
+    })
+}
+
 /// Waits until `GET path` on `addr` answers 200.
 pub async fn wait_http_ok(p: &mut Proc, addr: SocketAddr, path: &str) {
     for _ in 0..300 {

@@ -1,0 +1,614 @@
+//! The event pipeline against a real Kafka-protocol broker (tansu, started
+//! by scripts/test.sh): real `shortlink` processes on loopback, each test on
+//! its own topics (unique prefix) and consumer groups.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shortlink_testkit::{
+    HttpResponse, TestDb, eventually, free_port, http, redis_url, require_redis,
+};
+use sqlx::Connection;
+use support::{EdgeProc, Replica, kafka_brokers, spawn_raw, spawn_to_file};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn prefix() -> String {
+    format!("t{}.", shortlink_testkit::random_suffix())
+}
+
+fn bus_env(brokers: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BROKERS", brokers.to_owned()),
+        ("KAFKA_TOPIC_PREFIX", prefix.to_owned()),
+        ("KAFKA_TOPIC_PARTITIONS", "2".into()),
+    ]
+}
+
+fn links_env(db: &TestDb, brokers: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("REDIS_URL", redis_url()),
+        (
+            "CACHE_PREFIX",
+            format!("pipe:{}:", shortlink_testkit::random_suffix()),
+        ),
+        ("HEALTH_INTERVAL_MS", "200".into()),
+    ];
+    v.extend(bus_env(brokers, prefix));
+    v
+}
+
+fn edge_env(brokers: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("RATE_LIMIT_RPS", "100000".into()),
+        ("RATE_LIMIT_BURST", "100000".into()),
+    ];
+    v.extend(bus_env(brokers, prefix));
+    v
+}
+
+async fn post_json(addr: SocketAddr, path: &str, body: Value) -> HttpResponse {
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// A user and a link through the edge: (link id, short code).
+async fn link(edge: SocketAddr, name: &str) -> (i64, String) {
+    let u = post_json(
+        edge,
+        "/users",
+        json!({"username": name, "email": format!("{name}@example.com")}),
+    )
+    .await
+    .json();
+    let l = post_json(
+        edge,
+        "/shorten",
+        json!({"original_url": "https://example.com/p", "user_id": u["id"]}),
+    )
+    .await
+    .json();
+    (
+        l["id"].as_i64().unwrap(),
+        l["short_code"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn clicks(db: &TestDb, url_id: i64) -> i64 {
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let r: Option<(i64,)> = sqlx::query_as("SELECT clicks FROM link_clicks WHERE url_id = $1")
+        .bind(url_id)
+        .fetch_optional(&mut c)
+        .await
+        .unwrap();
+    r.map_or(0, |r| r.0)
+}
+
+fn analytics(links: SocketAddr, brokers: &str, prefix: &str, group: &str) -> support::Proc {
+    let mut env = bus_env(brokers, prefix);
+    env.push(("LINKS_ADDR", links.to_string()));
+    env.push(("CONSUMER_GROUP", group.to_owned()));
+    env.push(("ANALYTICS_BATCH_WAIT_MS", "200".into()));
+    spawn_raw(&["analytics"], &env)
+}
+
+#[tokio::test]
+async fn every_group_gets_every_event_and_clicks_equal_redirects() {
+    require_redis().await;
+    let (brokers, prefix) = (kafka_brokers(), prefix());
+    let db = TestDb::new().await;
+    let dash_db = TestDb::new().await;
+    let replica = Replica::start(&links_env(&db, &brokers, &prefix)).await;
+    let edge = EdgeProc::start(&[replica.grpc], &edge_env(&brokers, &prefix)).await;
+    let _analytics = analytics(replica.grpc, &brokers, &prefix, &format!("a-{prefix}"));
+    let mut dash_env = bus_env(&brokers, &prefix);
+    dash_env.push(("DASHBOARD_DATABASE_URL", dash_db.url.clone()));
+    dash_env.push((
+        "DASHBOARD_INGEST_HTTP_ADDR",
+        format!("127.0.0.1:{}", free_port()),
+    ));
+    dash_env.push(("CONSUMER_GROUP", format!("d-{prefix}")));
+    let _dash = spawn_raw(&["dashboard-ingest"], &dash_env);
+    let out = std::env::temp_dir().join(format!(
+        "printer-{}.jsonl",
+        shortlink_testkit::random_suffix()
+    ));
+    let mut printer_env = bus_env(&brokers, &prefix);
+    printer_env.push(("PRINT_FORMAT", "json".into()));
+    printer_env.push(("CONSUMER_GROUP", format!("p-{prefix}")));
+    let _printer = spawn_to_file(&["log-printer"], &printer_env, &out);
+
+    let (id, code) = link(edge.http, "pipeuser").await;
+    for _ in 0..30 {
+        assert_eq!(
+            http(
+                edge.http,
+                "GET",
+                &format!("/{code}"),
+                &[("Referer", "https://ref.example")],
+                b""
+            )
+            .await
+            .status,
+            302
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            http(edge.http, "GET", "/nothere", &[], b"").await.status,
+            404
+        );
+    }
+    let requests = 2 + 30 + 3;
+
+    // analytics: one click per redirect, visible through the public API.
+    assert!(
+        eventually(Duration::from_secs(30), async || clicks(&db, id).await
+            == 30)
+        .await,
+        "clicks = {}",
+        clicks(&db, id).await
+    );
+    let r = http(
+        edge.http,
+        "GET",
+        &format!("/urls/{id}/events?event_type=click&per_page=100"),
+        &[],
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(r["total"], 30);
+    assert_eq!(r["data"][0]["details"]["referrer"], "https://ref.example");
+
+    // dashboard-ingest: every request in the per-minute aggregates.
+    let total = async || {
+        let Ok(mut c) = sqlx::PgConnection::connect(&dash_db.url).await else {
+            return 0;
+        };
+        // Readiness probes of the test harness are requests too; count the API.
+        let r: Result<(Option<i64>,), _> = sqlx::query_as(
+            "SELECT CAST(SUM(requests) AS BIGINT) FROM dash_minute_stats \
+             WHERE route NOT IN ('/health', '/live', '/ready', '/metrics')",
+        )
+        .fetch_one(&mut c)
+        .await;
+        r.ok().and_then(|r| r.0).unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(30), async || total().await == requests).await,
+        "aggregated {}",
+        total().await
+    );
+
+    // log-printer: every request and link event as a JSON line.
+    let counted = eventually(Duration::from_secs(30), async || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let req = lines
+            .iter()
+            .filter(|l| {
+                l["topic"] == format!("{prefix}requests") && l["event"]["route"] != "/ready"
+            })
+            .count();
+        let links = lines
+            .iter()
+            .filter(|l| l["topic"] == format!("{prefix}link-events"))
+            .count();
+        req == requests as usize && links == 31
+    })
+    .await;
+    assert!(
+        counted,
+        "log-printer output: {}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    let _ = std::fs::remove_file(out);
+}
+
+#[tokio::test]
+async fn a_restarted_consumer_resumes_from_its_committed_offset_without_loss() {
+    require_redis().await;
+    let (brokers, prefix) = (kafka_brokers(), prefix());
+    let db = TestDb::new().await;
+    let replica = Replica::start(&links_env(&db, &brokers, &prefix)).await;
+    let edge = EdgeProc::start(&[replica.grpc], &edge_env(&brokers, &prefix)).await;
+    let group = format!("a-{prefix}");
+    let mut consumer = analytics(replica.grpc, &brokers, &prefix, &group);
+    let (id, code) = link(edge.http, "resumer").await;
+    for _ in 0..20 {
+        assert_eq!(
+            http(edge.http, "GET", &format!("/{code}"), &[], b"")
+                .await
+                .status,
+            302
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(30), async || clicks(&db, id).await
+            == 20)
+        .await
+    );
+    consumer.signal("KILL");
+    let _ = consumer.wait_exit(Duration::from_secs(10)).await;
+    for _ in 0..20 {
+        assert_eq!(
+            http(edge.http, "GET", &format!("/{code}"), &[], b"")
+                .await
+                .status,
+            302
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        clicks(&db, id).await,
+        20,
+        "nothing consumed while the consumer was down"
+    );
+    let _consumer = analytics(replica.grpc, &brokers, &prefix, &group);
+    assert!(
+        eventually(Duration::from_secs(45), async || clicks(&db, id).await
+            == 40)
+        .await,
+        "after restart: {} clicks of 40",
+        clicks(&db, id).await
+    );
+}
+
+#[tokio::test]
+async fn with_the_broker_unreachable_requests_succeed_and_every_event_arrives_after_it_returns() {
+    require_redis().await;
+    let tansu = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+        panic!("TANSU_BIN is not set: run ./scripts/test.sh, or export TANSU_BIN=$(./scripts/kafka.sh path)")
+    });
+    // This broker is reached only through a proxy that the test cuts: to its
+    // clients the broker is gone (connections dropped, new ones refused)
+    // and comes back with its log intact, as a restarted Kafka broker
+    // does. (tansu's only storage in this build is memory, so restarting
+    // its process would also erase the log.)
+    let listen = format!("127.0.0.1:{}", free_port());
+    let proxy = shortlink_testkit::Proxy::start(&listen).await;
+    let advertised = proxy.addr.to_string();
+    let _broker = support::Proc(
+        std::process::Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{listen}"),
+                "--advertised-listener-url",
+                &format!("tcp://{advertised}"),
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            tokio::net::TcpStream::connect(&listen).await.is_ok()
+        })
+        .await
+    );
+    let prefix = prefix();
+    let db = TestDb::new().await;
+    let replica = Replica::start(&links_env(&db, &advertised, &prefix)).await;
+    let edge = EdgeProc::start(&[replica.grpc], &edge_env(&advertised, &prefix)).await;
+    let _consumer = analytics(replica.grpc, &advertised, &prefix, &format!("a-{prefix}"));
+    let (id, code) = link(edge.http, "brokerless").await;
+    for _ in 0..10 {
+        assert_eq!(
+            http(edge.http, "GET", &format!("/{code}"), &[], b"")
+                .await
+                .status,
+            302
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(30), async || clicks(&db, id).await
+            == 10)
+        .await
+    );
+
+    proxy.cut().await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        let r = http(edge.http, "GET", &format!("/{code}"), &[], b"").await;
+        assert_eq!(
+            r.status, 302,
+            "requests are unaffected by the broker outage"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "requests did not wait for the broker"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        clicks(&db, id).await,
+        10,
+        "nothing can arrive while the broker is away"
+    );
+    let (_, m) = shortlink_testkit::http_get(edge.metrics, "/metrics").await;
+    let pending: f64 = m
+        .lines()
+        .find(|l| l.starts_with("shortlink_bus_events_pending"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(pending > 0.0, "events wait in the edge's queue:\n{m}");
+
+    proxy.restore().await;
+    assert!(
+        eventually(Duration::from_secs(60), async || clicks(&db, id).await
+            == 30)
+        .await,
+        "after the broker returned: {} clicks of 30",
+        clicks(&db, id).await
+    );
+    let (_, m) = shortlink_testkit::http_get(edge.metrics, "/metrics").await;
+    assert!(
+        !m.contains("shortlink_bus_events_dropped_total{"),
+        "nothing dropped:\n{m}"
+    );
+}
+
+/// A Discord-like webhook on loopback: records every POST; answers the
+/// first with 429 and `retry_after`.
+#[derive(Clone, Default)]
+struct Hook {
+    posts: Arc<Mutex<Vec<(Instant, String, Value)>>>,
+}
+
+impl Hook {
+    async fn start(self) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let posts = self.posts.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let (head, body) = loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                            let len = h
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().to_owned())
+                                })
+                                .and_then(|v| v.parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if b.len() >= len {
+                                break (h.to_owned(), b[..len].to_owned());
+                            }
+                        }
+                    };
+                    let ua = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .starts_with("user-agent:")
+                                .then(|| l[11..].trim().to_owned())
+                        })
+                        .unwrap_or_default();
+                    let first = {
+                        let mut p = posts.lock().unwrap();
+                        p.push((
+                            Instant::now(),
+                            ua,
+                            serde_json::from_str(&body).unwrap_or(Value::Null),
+                        ));
+                        p.len() == 1
+                    };
+                    let resp = if first {
+                        let b = r#"{"message":"You are being rate limited.","retry_after":0.3,"global":false}"#;
+                        format!(
+                            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                            b.len()
+                        )
+                    } else {
+                        "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned()
+                    };
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+}
+
+fn server_error(prefix: &str, i: usize) -> (String, Vec<u8>) {
+    let ev = shortlink_proto::events::RequestEvent {
+        schema_version: 1,
+        time: chrono::Utc::now().to_rfc3339(),
+        edge_id: "edge-test".into(),
+        request_id: format!("rq-{i}"),
+        method: "GET".into(),
+        route: "/urls".into(),
+        path: "/urls".into(),
+        status: 502,
+        duration_ms: 3.0,
+        outcome: "upstream_error".into(),
+        ..Default::default()
+    };
+    (
+        format!("{prefix}requests"),
+        serde_json::to_vec(&ev).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn alerter_throttles_to_one_message_a_second_summarises_and_honours_429() {
+    let (brokers, prefix) = (kafka_brokers(), prefix());
+    let hook = Hook::default();
+    let hook_addr = hook.clone().start().await;
+    let http_port = free_port();
+    let mut env = bus_env(&brokers, &prefix);
+    env.push(("ALERT_WEBHOOK_URLS", format!("http://{hook_addr}/hook")));
+    env.push(("ALERTER_HTTP_ADDR", format!("127.0.0.1:{http_port}")));
+    env.push(("CONSUMER_GROUP", format!("al-{prefix}")));
+    let mut alerter = spawn_raw(&["alerter"], &env);
+    let alerter_http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    support::wait_http_ok(&mut alerter, alerter_http, "/live").await;
+
+    let metrics = shortlink_runtime::metrics::Metrics::new("test", "t");
+    let bus = shortlink_runtime::bus::connect(
+        &shortlink_runtime::bus::BusArgs {
+            kafka_brokers: Some(brokers.clone()),
+            topic_prefix: prefix.clone(),
+            topic_partitions: 1,
+            producer_batch: 1,
+            producer_queue: 10_000,
+        },
+        &metrics,
+    )
+    .unwrap();
+    bus.ensure_topics(&shortlink_runtime::bus::Topics::with_prefix(&prefix).all())
+        .await
+        .unwrap();
+
+    // One alert: sent alone; the 429 is honoured and the same body re-sent.
+    let (t, p) = server_error(&prefix, 0);
+    bus.publish(&t, None, p);
+    bus.flush(Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(30), async || hook
+            .posts
+            .lock()
+            .unwrap()
+            .len()
+            >= 2)
+        .await,
+        "no webhook POSTs"
+    );
+    {
+        let posts = hook.posts.lock().unwrap();
+        assert_eq!(
+            posts[0].2, posts[1].2,
+            "the rate-limited message is sent again unchanged"
+        );
+        assert!(
+            posts[1].0 - posts[0].0 >= Duration::from_millis(250),
+            "retry_after honoured"
+        );
+        assert_eq!(posts[0].2["embeds"][0]["title"], "502 on GET /urls");
+        assert!(
+            posts[0].1.starts_with("shortlink-alerter/"),
+            "user agent: {}",
+            posts[0].1
+        );
+    }
+
+    // A burst of 25: batched and deduplicated, at most one message a second.
+    for i in 1..=25 {
+        let (t, p) = server_error(&prefix, i);
+        bus.publish(&t, None, p);
+    }
+    bus.flush(Duration::from_secs(5));
+    let burst_start = Instant::now();
+    let summarised = eventually(Duration::from_secs(30), async || {
+        let posts = hook.posts.lock().unwrap();
+        let counted: u64 = posts[2..]
+            .iter()
+            .map(|(_, _, b)| {
+                let title = b["embeds"][0]["title"].as_str().unwrap_or("");
+                title
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|_| title.contains("alerts"))
+                    .unwrap_or(1)
+            })
+            .sum();
+        counted == 25
+    })
+    .await;
+    let posts = hook.posts.lock().unwrap().clone();
+    assert!(
+        summarised,
+        "the burst's 25 alerts were not all delivered: {:?}",
+        posts.iter().map(|p| &p.2).collect::<Vec<_>>()
+    );
+    let burst_posts = &posts[2..];
+    assert!(
+        burst_posts.len() <= 1 + burst_start.elapsed().as_secs() as usize,
+        "more than one message a second"
+    );
+    assert!(burst_posts.len() < 25, "alerts were batched");
+    for w in posts[1..].windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= Duration::from_millis(900),
+            "two messages within a second"
+        );
+    }
+    let summary = burst_posts
+        .iter()
+        .find(|p| {
+            p.2["embeds"][0]["title"]
+                .as_str()
+                .unwrap_or("")
+                .contains("alerts")
+        })
+        .expect("a summary");
+    assert!(
+        summary.2["embeds"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("× 502 on GET /urls")
+    );
+
+    // Alertmanager webhooks are forwarded the same way.
+    let am = json!({"status": "firing", "alerts": [{"status": "firing",
+        "labels": {"alertname": "EdgeDown", "severity": "critical"},
+        "annotations": {"summary": "edge A is down"}, "startsAt": "2026-11-28T00:00:00Z"}]});
+    let r = http(
+        alerter_http,
+        "POST",
+        "/alertmanager",
+        &[("Content-Type", "application/json")],
+        am.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let forwarded = eventually(Duration::from_secs(10), async || {
+        hook.posts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.2["embeds"][0]["title"] == "[FIRING] EdgeDown")
+    })
+    .await;
+    assert!(forwarded);
+    let bad = http(
+        alerter_http,
+        "POST",
+        "/alertmanager",
+        &[("Content-Type", "application/json")],
+        b"{nope",
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+}
