@@ -1005,48 +1005,10 @@ async fn zero_downtime_upgrade_hands_over_the_sockets_without_failed_requests() 
     );
 }
 
-mod otlp {
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-        TraceService, TraceServiceServer,
-    };
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-    };
-    use tokio::sync::mpsc;
-
-    pub struct Receiver(pub mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-    #[tonic::async_trait]
-    impl TraceService for Receiver {
-        async fn export(
-            &self,
-            req: tonic::Request<ExportTraceServiceRequest>,
-        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-            let _ = self.0.send(req.into_inner());
-            Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            }))
-        }
-    }
-
-    /// An OTLP/gRPC receiver on a loopback port: (endpoint, received batches).
-    pub async fn receiver() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Receiver(tx)))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (format!("http://{addr}"), rx)
-    }
-}
-
 #[tokio::test]
 async fn edge_and_links_spans_share_the_callers_trace() {
     require_redis().await;
-    let (endpoint, mut rx) = otlp::receiver().await;
+    let (endpoint, mut rx) = shortlink_testkit::otlp::receiver().await;
     let db = TestDb::new().await;
     let mut replica = Replica::start(&links_env(
         &db,
@@ -1076,16 +1038,7 @@ async fn edge_and_links_spans_share_the_callers_trace() {
     replica.proc.wait_exit(Duration::from_secs(20)).await;
     let mut names = Vec::new();
     while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
-        for rs in batch.resource_spans {
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    let t: String = s.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                    if t == trace_id {
-                        names.push(s.name);
-                    }
-                }
-            }
-        }
+        names.extend(shortlink_testkit::otlp::spans_of(&batch, trace_id));
         if names.iter().any(|n| n == "http_request") && names.iter().any(|n| n == "rpc") {
             return;
         }

@@ -325,3 +325,60 @@ pub async fn slow_proxy(target: &str, delay: Duration) -> SocketAddr {
     });
     addr
 }
+
+/// An OTLP/gRPC trace receiver on a loopback port, for trace-export tests.
+pub mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use tokio::sync::mpsc;
+
+    struct Receiver(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let _ = self.0.send(req.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    /// Starts a receiver: (endpoint URL, the batches it receives).
+    pub async fn receiver() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Receiver(tx)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (format!("http://{addr}"), rx)
+    }
+
+    /// Names of the spans in `batch` that belong to `trace_id` (hex).
+    pub fn spans_of(batch: &ExportTraceServiceRequest, trace_id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for rs in &batch.resource_spans {
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    let t: String = s.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    if t == trace_id {
+                        out.push(s.name.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}

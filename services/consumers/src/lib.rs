@@ -69,6 +69,29 @@ impl Level {
     }
 }
 
+/// Serves `router` (plus `GET /live`) on `addr` until shutdown: the small
+/// HTTP listener of the alerter and the dashboard ingest.
+pub async fn serve_http(
+    addr: std::net::SocketAddr,
+    what: &str,
+    router: axum::Router,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {what} {addr}: {e}"))?;
+    let router = router.route(
+        "/live",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+    });
+    Ok(())
+}
+
 /// Collects a batch: waits for a first event (or shutdown), then takes what
 /// arrives within `wait`, up to `max`.
 pub async fn next_batch(
