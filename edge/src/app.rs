@@ -71,20 +71,7 @@ pub fn run_with_bus(
         None => shortlink_runtime::bus::connect(&cfg.bus, &registry)?,
     };
     let (upstreams, guard) = rt.block_on(async {
-        {
-            let (bus, topics) = (bus.clone(), topics.all());
-            tokio::spawn(async move {
-                let mut delay = Duration::from_millis(500);
-                while let Err(e) = bus.ensure_topics(&topics).await {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "cannot create topics yet; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            });
-        }
+        shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
         shortlink_runtime::telemetry::publish_logs_to(
             bus.clone(),
             topics.logs.clone(),

@@ -400,7 +400,9 @@ impl ProxyHttp for Edge {
         } else if reply.status >= 400 {
             ctx.outcome = "client_error";
         }
-        if let (Some((link_id, user_id)), Some(code)) = (reply.click, routed.code.as_ref()) {
+        if let (Some((link_id, user_id)), Some(code), true) =
+            (reply.click, routed.code.as_ref(), method == Method::GET)
+        {
             let h = &session.req_header().headers;
             let header = |n: &str| {
                 h.get(n)

@@ -566,7 +566,9 @@ impl EventBus for KafkaBus {
     }
 
     fn pending(&self) -> usize {
-        self.producer.in_flight_count().max(0) as usize
+        let n = self.producer.in_flight_count().max(0);
+        self.metrics.pending.set(i64::from(n));
+        n as usize
     }
 
     fn flush(&self, limit: Duration) {
@@ -583,6 +585,8 @@ pub fn keep_topics(bus: Arc<dyn EventBus>, topics: Vec<String>, shutdown: Shutdo
         let mut delay = Duration::from_millis(500);
         let mut warned = false;
         loop {
+            // Also refreshes the pending-events gauge when traffic stops.
+            let _ = bus.pending();
             let wait = match bus.ensure_topics(&topics).await {
                 Ok(()) => {
                     delay = Duration::from_millis(500);

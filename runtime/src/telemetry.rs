@@ -157,6 +157,7 @@ struct LogEventLayer;
 #[derive(Default)]
 struct Fields {
     message: String,
+    error: String,
     request_id: String,
     critical: bool,
 }
@@ -165,6 +166,7 @@ impl tracing::field::Visit for Fields {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         match field.name() {
             "message" => self.message = value.to_owned(),
+            "error" => self.error = value.to_owned(),
             "request_id" => self.request_id = value.to_owned(),
             _ => {}
         }
@@ -227,6 +229,9 @@ where
         }
         let mut f = Fields::default();
         event.record(&mut f);
+        if !f.error.is_empty() {
+            f.message = format!("{}: {}", f.message, f.error);
+        }
         if f.request_id.is_empty()
             && let Some(scope) = ctx.event_scope(event)
         {

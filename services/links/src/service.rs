@@ -415,6 +415,7 @@ impl LinksCore {
             .db(self.store.deactivate_link(id, "user_requested"))
             .await?;
         self.invalidate(&link.short_code).await;
+        self.emit("deleted", &link);
         Ok(link)
     }
 

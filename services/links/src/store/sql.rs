@@ -421,8 +421,11 @@ macro_rules! sql_store {
                 let mut per_link: std::collections::BTreeMap<i64, (i64, chrono::DateTime<chrono::Utc>)> = Default::default();
                 let mut tx = self.begin_write().await?;
                 for c in clicks {
-                    let known: Option<(i64,)> = sqlx::query_as("SELECT id FROM urls WHERE id = $1")
-                        .bind(c.url_id)
+                    let known: Option<(i64,)> = sqlx::query_as(
+                        "SELECT u.id FROM urls u, users s WHERE u.id = $1 AND s.id = $2",
+                    )
+                    .bind(c.url_id)
+                    .bind(c.user_id)
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(classify)?;
