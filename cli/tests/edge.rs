@@ -265,8 +265,13 @@ async fn public_api_contract_through_the_edge() {
         (Some(1), Some(1), Some(2))
     );
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    let clamped = http(e, "GET", "/urls?per_page=500", &[], b"").await.json();
+    assert_eq!(
+        clamped["per_page"], 100,
+        "per_page is clamped like the gRPC API"
+    );
     assert_error(
-        &http(e, "GET", "/urls?per_page=500", &[], b"").await,
+        &http(e, "GET", "/urls?per_page=0", &[], b"").await,
         400,
         "per_page",
     );

@@ -354,15 +354,16 @@ fn q_bool(q: &HashMap<String, String>, k: &str) -> Result<Option<bool>, Reply> {
 fn page(q: &HashMap<String, String>) -> Result<pb::PageRequest, Reply> {
     let p = q_int(q, "page")?.unwrap_or(1);
     let pp = q_int(q, "per_page")?.unwrap_or(20);
-    if p < 1 {
-        return Err(Reply::error(400, "page must be at least 1"));
+    if !(1..=i64::from(u32::MAX)).contains(&p) {
+        return Err(Reply::error(400, "page must be a positive integer"));
     }
-    if !(1..=100).contains(&pp) {
-        return Err(Reply::error(400, "per_page must be between 1 and 100"));
+    if pp < 1 {
+        return Err(Reply::error(400, "per_page must be at least 1"));
     }
+    // Larger pages are clamped to 100 (the response says what was served).
     Ok(pb::PageRequest {
         page: p as u32,
-        per_page: pp as u32,
+        per_page: pp.min(100) as u32,
     })
 }
 

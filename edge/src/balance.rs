@@ -106,7 +106,7 @@ pub fn is_connection_failure(s: &tonic::Status) -> bool {
     {
         return false;
     }
-    if s.message().starts_with("database unavailable") {
+    if s.message().starts_with("database unavailable") || is_timeout(s) {
         return false;
     }
     let m = s.message();
@@ -344,5 +344,35 @@ impl Upstreams {
                 () = shutdown.wait() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_answers_and_broken_connections_are_told_apart() {
+        let timeout = tonic::Status::cancelled("Timeout expired");
+        assert!(is_timeout(&timeout));
+        assert!(
+            !is_connection_failure(&timeout),
+            "a slow replica is not ejected"
+        );
+        let refused =
+            tonic::Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        assert!(is_connection_failure(&refused));
+        assert!(
+            is_connect_failure(&refused),
+            "nothing was sent: safe to retry anywhere"
+        );
+        let db = tonic::Status::unavailable("database unavailable: circuit breaker open");
+        assert!(
+            !is_connection_failure(&db),
+            "an answer from the service is not a broken connection"
+        );
+        assert!(!is_connection_failure(&tonic::Status::not_found(
+            "link not found"
+        )));
     }
 }

@@ -220,8 +220,10 @@ where
         }
         let Some(sink) = LOG_SINK.get() else { return };
         let target = event.metadata().target();
-        // The bus's own complaints would loop while the broker is away.
+        // The bus's own complaints would loop while the broker is away, and
+        // the alerter's webhook failures would alert about themselves.
         if target.starts_with("shortlink_runtime::bus")
+            || target.starts_with("shortlink_consumers::alerter")
             || target.starts_with("rdkafka")
             || target.starts_with("librdkafka")
         {

@@ -70,16 +70,29 @@ pub async fn run(
             let done = retry_until_ok("recording clicks", &shutdown, || {
                 let mut c = client.clone();
                 let r = req.clone();
-                async move { Ok(c.record_clicks(r).await?.into_inner()) }
+                async move {
+                    match c.record_clicks(r).await {
+                        Ok(resp) => Ok(Some(resp.into_inner())),
+                        // A batch the service refuses as invalid would be
+                        // refused forever: log it and move on.
+                        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                            tracing::error!(error = %s.message(), "click batch refused as invalid; skipped");
+                            Ok(None)
+                        }
+                        Err(s) => Err(anyhow::Error::from(s)),
+                    }
+                }
             })
             .await;
             let Some(n) = done else { return Ok(()) };
-            tracing::info!(
-                recorded = n.recorded,
-                duplicates = n.duplicates,
-                unknown = n.unknown_links,
-                "clicks recorded"
-            );
+            if let Some(n) = n {
+                tracing::info!(
+                    recorded = n.recorded,
+                    duplicates = n.duplicates,
+                    unknown = n.unknown_links,
+                    "clicks recorded"
+                );
+            }
         }
         commit_batch(&mut sub, &batch).await;
     }

@@ -274,7 +274,11 @@ pub async fn run(
                 .format("%Y-%m-%dT%H:%M:00Z")
                 .to_string();
             let _ = sqlx::query("DELETE FROM dash_requests WHERE minute < $1")
-                .bind(cutoff)
+                .bind(&cutoff)
+                .execute(&pool)
+                .await;
+            let _ = sqlx::query("DELETE FROM dash_error_samples WHERE time < $1")
+                .bind(&cutoff)
                 .execute(&pool)
                 .await;
         }
