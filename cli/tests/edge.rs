@@ -5,13 +5,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shortlink_testkit::{HttpResponse, TestDb, eventually, http, redis_url, require_redis};
-use support::{EdgeProc, Replica, grpcurl};
+use support::{EdgeProc, Replica, grpcurl, post_json};
 
 /// Environment shared by the replicas of one test (one database, one
 /// cache prefix).
@@ -43,17 +41,6 @@ fn abuse_env(prefix: &str) -> Vec<(&'static str, String)> {
         ("ABUSE_KEY_PREFIX", prefix.to_owned()),
         ("TRUSTED_PROXIES", "127.0.0.1/32".into()),
     ]
-}
-
-async fn post_json(addr: SocketAddr, path: &str, body: Value) -> HttpResponse {
-    http(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
 }
 
 fn assert_common_headers(r: &HttpResponse) {
@@ -523,57 +510,13 @@ async fn a_killed_replica_is_ejected_then_readmitted_without_failed_reads() {
     let a = Replica::start(&env).await;
     let mut b = Replica::start(&env).await;
     let edge = EdgeProc::start(&[a.grpc, b.grpc], &load_env()).await;
-    let user = post_json(
-        edge.http,
-        "/users",
-        json!({"username": "kkuser", "email": "kk@example.com"}),
-    )
-    .await
-    .json();
-    let code = post_json(
-        edge.http,
-        "/shorten",
-        json!({"original_url": "https://example.com/k", "user_id": user["id"]}),
-    )
-    .await
-    .json()["short_code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, code) = support::user_and_link(edge.http, "kkuser").await;
 
     // Reads flow for ~3 s from 8 clients (bounded: at most 3,000 requests each).
-    let failures = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let (addr, path, failures, done) = (
-            edge.http,
-            format!("/{code}"),
-            failures.clone(),
-            done.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let end = tokio::time::Instant::now() + Duration::from_secs(3);
-            for _ in 0..3000 {
-                if tokio::time::Instant::now() >= end {
-                    break;
-                }
-                if http(addr, "GET", &path, &[], b"").await.status != 302 {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = support::Load::start(edge.http, &code, 8, 3, 3000);
     tokio::time::sleep(Duration::from_millis(800)).await;
     b.proc.signal("KILL");
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (ok, total) = (
-        failures.load(Ordering::Relaxed),
-        done.load(Ordering::Relaxed),
-    );
+    let (ok, total) = load.finish().await;
     assert!(total > 100, "load ran ({total} requests)");
     assert!(
         ok <= 8,
@@ -927,48 +870,10 @@ async fn zero_downtime_upgrade_hands_over_the_sockets_without_failed_requests() 
     let db = TestDb::new().await;
     let replica = Replica::start(&links_env(&db, &[])).await;
     let old = EdgeProc::start(&[replica.grpc], &load_env()).await;
-    let user = post_json(
-        old.http,
-        "/users",
-        json!({"username": "upgrader", "email": "up@example.com"}),
-    )
-    .await
-    .json();
-    let code = post_json(
-        old.http,
-        "/shorten",
-        json!({"original_url": "https://example.com/up", "user_id": user["id"]}),
-    )
-    .await
-    .json()["short_code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, code) = support::user_and_link(old.http, "upgrader").await;
 
     // Requests flow during the whole handover (4 clients, at most 4 s).
-    let failures = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let (addr, path, failures, done) =
-            (old.http, format!("/{code}"), failures.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let end = tokio::time::Instant::now() + Duration::from_secs(4);
-            for _ in 0..4000 {
-                if tokio::time::Instant::now() >= end {
-                    break;
-                }
-                let ok = match tokio::net::TcpStream::connect(addr).await {
-                    Ok(_) => http(addr, "GET", &path, &[], b"").await.status == 302,
-                    Err(_) => false,
-                };
-                if !ok {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = support::Load::start(old.http, &code, 4, 4, 4000);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The new process takes the same flags plus --upgrade, then the old one
@@ -989,13 +894,7 @@ async fn zero_downtime_upgrade_hands_over_the_sockets_without_failed_requests() 
         status.success(),
         "old edge exits cleanly after the handover: {status}"
     );
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (failed, total) = (
-        failures.load(Ordering::Relaxed),
-        done.load(Ordering::Relaxed),
-    );
+    let (failed, total) = load.finish().await;
     assert!(total > 50, "load ran ({total})");
     assert_eq!(
         failed, 0,

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shortlink_testkit::{
-    HttpResponse, TestDb, eventually, free_port, http, redis_url, require_redis,
-};
+use shortlink_testkit::{TestDb, eventually, free_port, http, redis_url, require_redis};
 use sqlx::Connection;
 use support::{EdgeProc, Replica, kafka_brokers, spawn_raw, spawn_to_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,39 +47,6 @@ fn edge_env(brokers: &str, prefix: &str) -> Vec<(&'static str, String)> {
     ];
     v.extend(bus_env(brokers, prefix));
     v
-}
-
-async fn post_json(addr: SocketAddr, path: &str, body: Value) -> HttpResponse {
-    http(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
-}
-
-/// A user and a link through the edge: (link id, short code).
-async fn link(edge: SocketAddr, name: &str) -> (i64, String) {
-    let u = post_json(
-        edge,
-        "/users",
-        json!({"username": name, "email": format!("{name}@example.com")}),
-    )
-    .await
-    .json();
-    let l = post_json(
-        edge,
-        "/shorten",
-        json!({"original_url": "https://example.com/p", "user_id": u["id"]}),
-    )
-    .await
-    .json();
-    (
-        l["id"].as_i64().unwrap(),
-        l["short_code"].as_str().unwrap().to_owned(),
-    )
 }
 
 async fn clicks(db: &TestDb, url_id: i64) -> i64 {
@@ -128,7 +93,7 @@ async fn every_group_gets_every_event_and_clicks_equal_redirects() {
     printer_env.push(("CONSUMER_GROUP", format!("p-{prefix}")));
     let _printer = spawn_to_file(&["log-printer"], &printer_env, &out);
 
-    let (id, code) = link(edge.http, "pipeuser").await;
+    let (id, code) = support::user_and_link(edge.http, "pipeuser").await;
     for _ in 0..30 {
         assert_eq!(
             http(
@@ -228,7 +193,7 @@ async fn a_restarted_consumer_resumes_from_its_committed_offset_without_loss() {
     let edge = EdgeProc::start(&[replica.grpc], &edge_env(&brokers, &prefix)).await;
     let group = format!("a-{prefix}");
     let mut consumer = analytics(replica.grpc, &brokers, &prefix, &group);
-    let (id, code) = link(edge.http, "resumer").await;
+    let (id, code) = support::user_and_link(edge.http, "resumer").await;
     for _ in 0..20 {
         assert_eq!(
             http(edge.http, "GET", &format!("/{code}"), &[], b"")
@@ -308,7 +273,7 @@ async fn with_the_broker_unreachable_requests_succeed_and_every_event_arrives_af
     let replica = Replica::start(&links_env(&db, &advertised, &prefix)).await;
     let edge = EdgeProc::start(&[replica.grpc], &edge_env(&advertised, &prefix)).await;
     let _consumer = analytics(replica.grpc, &advertised, &prefix, &format!("a-{prefix}"));
-    let (id, code) = link(edge.http, "brokerless").await;
+    let (id, code) = support::user_and_link(edge.http, "brokerless").await;
     for _ in 0..10 {
         assert_eq!(
             http(edge.http, "GET", &format!("/{code}"), &[], b"")

@@ -488,7 +488,10 @@ impl Subscription for KafkaSubscription {
     async fn commit(&mut self, d: &Delivery) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&d.topic, d.partition, Offset::Offset(d.offset + 1))?;
-        self.consumer.commit(&tpl, CommitMode::Sync)?;
+        // Asynchronous: a sync commit would block a runtime worker on the
+        // broker. A commit that fails only means the event may be read
+        // again, which every handler tolerates.
+        self.consumer.commit(&tpl, CommitMode::Async)?;
         Ok(())
     }
 }

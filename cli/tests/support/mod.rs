@@ -278,3 +278,103 @@ impl EdgeProc {
             .sum()
     }
 }
+
+/// POSTs a JSON body.
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: serde_json::Value,
+) -> shortlink_testkit::HttpResponse {
+    shortlink_testkit::http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// A user named `name` and a link of theirs, through the edge: (link id,
+/// short code).
+pub async fn user_and_link(edge: SocketAddr, name: &str) -> (i64, String) {
+    let u = post_json(
+        edge,
+        "/users",
+        serde_json::json!({"username": name, "email": format!("{name}@example.com")}),
+    )
+    .await
+    .json();
+    let l = post_json(
+        edge,
+        "/shorten",
+        serde_json::json!({"original_url": "https://example.com/p", "user_id": u["id"]}),
+    )
+    .await
+    .json();
+    let code = l["short_code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no link created: {l}"))
+        .to_owned();
+    (l["id"].as_i64().unwrap_or_default(), code)
+}
+
+/// Redirect load from `clients` concurrent clients for at most `secs`
+/// seconds and `max` requests each; a request fails unless it gets 302.
+pub struct Load {
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, code: &str, clients: usize, secs: u64, max: usize) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let failures = std::sync::Arc::new(AtomicU64::new(0));
+        let done = std::sync::Arc::new(AtomicU64::new(0));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (path, failures, done) = (format!("/{code}"), failures.clone(), done.clone());
+                tokio::spawn(async move {
+                    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+                    for _ in 0..max {
+                        if tokio::time::Instant::now() >= end {
+                            break;
+                        }
+                        // A refused connection counts as a failure too.
+                        let ok = match tokio::net::TcpStream::connect(addr).await {
+                            Ok(_) => {
+                                shortlink_testkit::http(addr, "GET", &path, &[], b"")
+                                    .await
+                                    .status
+                                    == 302
+                            }
+                            Err(_) => false,
+                        };
+                        if !ok {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            failures,
+            done,
+            tasks,
+        }
+    }
+
+    /// Waits for the clients: (failed, total).
+    pub async fn finish(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        for t in self.tasks {
+            t.await.expect("load client");
+        }
+        (
+            self.failures.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+        )
+    }
+}

@@ -340,26 +340,10 @@ pub async fn run(
     }
     let dispatch = Dispatch { senders };
 
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot listen on ALERTER_HTTP_ADDR {}: {e}", args.http_addr)
-        })?;
     let app = Router::new()
         .route("/alertmanager", post(alertmanager))
-        .route(
-            "/live",
-            axum::routing::get(|| async { axum::Json(json!({"status": "alive"})) }),
-        )
         .with_state(dispatch.clone());
-    {
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { s.wait().await })
-                .await;
-        });
-    }
+    crate::serve_http(args.http_addr, "ALERTER_HTTP_ADDR", app, shutdown.clone()).await?;
 
     let topics = Topics::with_prefix(&args.group.bus.topic_prefix);
     let group = args.group.group_or("alerter");

@@ -209,29 +209,16 @@ pub async fn run(
         sqlx::query(*stmt).execute(&pool).await?;
     }
     let ring = Ring(Arc::new(Mutex::new(VecDeque::new())));
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on DASHBOARD_INGEST_HTTP_ADDR {}: {e}",
-                args.http_addr
-            )
-        })?;
     let app = Router::new()
         .route("/recent", axum::routing::get(recent))
-        .route(
-            "/live",
-            axum::routing::get(|| async { axum::Json(json!({"status": "alive"})) }),
-        )
         .with_state(ring.clone());
-    {
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { s.wait().await })
-                .await;
-        });
-    }
+    crate::serve_http(
+        args.http_addr,
+        "DASHBOARD_INGEST_HTTP_ADDR",
+        app,
+        shutdown.clone(),
+    )
+    .await?;
     let topics = Topics::with_prefix(&args.group.bus.topic_prefix);
     let group = args.group.group_or("dashboard");
     let mut sub = bus.subscribe(&group, &topics.all()).await?;

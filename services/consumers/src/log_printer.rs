@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use shortlink_proto::events::{LinkEvent, LogEvent, RequestEvent};
-use shortlink_runtime::bus::{Delivery, EventBus, Topics, run_group};
+use shortlink_runtime::bus::{Delivery, EventBus, Topics};
 use shortlink_runtime::config::ConfigError;
 use shortlink_runtime::shutdown::Shutdown;
 
@@ -100,17 +100,26 @@ pub async fn run(
         .ok_or_else(|| ConfigError::new("PRINT_MIN_LEVEL must be info, warn, error or critical"))?;
     let topics = Topics::with_prefix(&args.group.bus.topic_prefix);
     let group = args.group.group_or("log-printer");
-    let t = topics.clone();
-    run_group(bus, &group, &topics.all(), shutdown, move |d| {
-        let line = format_event(&t, &d, json_lines, min);
-        async move {
-            if let Some(line) = line {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}")?;
-                out.flush()?;
-            }
-            Ok(())
-        }
-    })
+    let mut sub = bus.subscribe(&group, &topics.all()).await?;
+    tracing::info!(group, "log printer started");
+    while let Some(batch) = crate::next_batch(
+        &mut sub,
+        500,
+        std::time::Duration::from_millis(100),
+        &shutdown,
+    )
     .await
+    {
+        {
+            let mut out = std::io::stdout().lock();
+            for d in &batch {
+                if let Some(line) = format_event(&topics, d, json_lines, min) {
+                    writeln!(out, "{line}")?;
+                }
+            }
+            out.flush()?;
+        }
+        crate::commit_batch(&mut sub, &batch).await;
+    }
+    Ok(())
 }
