@@ -563,8 +563,25 @@ impl EventBus for KafkaBus {
             .set("reconnect.backoff.max.ms", "1000")
             .set("log_level", "3")
             .create()?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&names)?;
+        // Every partition of the topics is assigned to this consumer, which
+        // starts at the group's committed offsets (earliest when none): the
+        // group id names the offsets, with no group membership and so no
+        // rebalances (a consumer group that rebalanced on tansu sometimes
+        // stopped receiving). One process per group reads everything.
+        let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in topics {
+            let meta = md
+                .topics()
+                .iter()
+                .find(|m| m.name() == t)
+                .filter(|m| !m.partitions().is_empty())
+                .ok_or_else(|| anyhow::anyhow!("topic {t} does not exist yet"))?;
+            for p in meta.partitions() {
+                tpl.add_partition_offset(t, p.id(), Offset::Stored)?;
+            }
+        }
+        consumer.assign(&tpl)?;
         Ok(Box::new(KafkaSubscription { consumer }))
     }
 
