@@ -1,5 +1,5 @@
 # The task runner: the same entry points people and CI use.
-.PHONY: up test fmt lint bench
+.PHONY: up test fmt lint bench bench-edge bench-pipeline
 up:      ## run the whole system on the embedded default
 	./scripts/up.sh
 test:    ## the whole test suite (what CI runs)
@@ -12,3 +12,7 @@ lint:
 	buf lint
 bench:   ## resolve benchmark (see docs/BENCHMARKS.md)
 	./scripts/bench-resolve.sh
+bench-edge:      ## redirects through the edge vs NGINX (wrk)
+	./scripts/bench-edge.sh
+bench-pipeline:  ## k6 gold tier with the event pipeline and consumer lag
+	./scripts/bench-pipeline.sh
