@@ -9,23 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shortlink_testkit::{HttpResponse, TestDb, eventually, http, redis_url, require_redis};
-use support::{EdgeProc, Replica, grpcurl, post_json};
-
-/// Environment shared by the replicas of one test (one database, one
-/// cache prefix).
-fn links_env(db: &TestDb, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let mut v = vec![
-        ("DATABASE_URL", db.url.clone()),
-        ("REDIS_URL", redis_url()),
-        (
-            "CACHE_PREFIX",
-            format!("edge-test:{}:", shortlink_testkit::random_suffix()),
-        ),
-        ("HEALTH_INTERVAL_MS", "200".into()),
-    ];
-    v.extend_from_slice(extra);
-    v
-}
+use support::{EdgeProc, Replica, grpcurl, links_env, post_json};
 
 /// An edge for load: limits far above what the test sends.
 fn load_env() -> Vec<(&'static str, String)> {
@@ -769,13 +753,21 @@ async fn ban_escalation_on_edge_a_is_enforced_by_edge_b_and_admin_controls_both(
         .collect();
     assert_eq!(ips, ["198.51.100.9"]);
 
-    // The permanent ban is persisted: a Redis wipe of this prefix loses nothing.
+    // The permanent ban is persisted: a Redis wipe of this prefix (as a
+    // restart would do) loses nothing, on running edges and on new ones.
     let mut conn = require_redis().await;
     let _: () = redis::cmd("DEL")
         .arg(format!("{prefix}bans"))
+        .arg(format!("{prefix}restored"))
         .query_async(&mut conn)
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        get(edge_a.http, &VICTIM).await.status,
+        403,
+        "a running edge keeps the ban after its sync"
+    );
     let edge_c = EdgeProc::start(&[replica.grpc], &env).await;
     let restored = eventually(Duration::from_secs(3), async || {
         get(edge_c.http, &VICTIM).await.status == 403

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shortlink_testkit::{TestDb, eventually, free_port, http, redis_url, require_redis};
+use shortlink_testkit::{TestDb, eventually, free_port, http, require_redis};
 use sqlx::Connection;
 use support::{EdgeProc, Replica, kafka_brokers, spawn_raw, spawn_to_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,17 +27,7 @@ fn bus_env(brokers: &str, prefix: &str) -> Vec<(&'static str, String)> {
 }
 
 fn links_env(db: &TestDb, brokers: &str, prefix: &str) -> Vec<(&'static str, String)> {
-    let mut v = vec![
-        ("DATABASE_URL", db.url.clone()),
-        ("REDIS_URL", redis_url()),
-        (
-            "CACHE_PREFIX",
-            format!("pipe:{}:", shortlink_testkit::random_suffix()),
-        ),
-        ("HEALTH_INTERVAL_MS", "200".into()),
-    ];
-    v.extend(bus_env(brokers, prefix));
-    v
+    support::links_env(db, &bus_env(brokers, prefix))
 }
 
 fn edge_env(brokers: &str, prefix: &str) -> Vec<(&'static str, String)> {
@@ -194,14 +184,7 @@ async fn a_restarted_consumer_resumes_from_its_committed_offset_without_loss() {
     let group = format!("a-{prefix}");
     let mut consumer = analytics(replica.grpc, &brokers, &prefix, &group);
     let (id, code) = support::user_and_link(edge.http, "resumer").await;
-    for _ in 0..20 {
-        assert_eq!(
-            http(edge.http, "GET", &format!("/{code}"), &[], b"")
-                .await
-                .status,
-            302
-        );
-    }
+    support::redirect_n(edge.http, &code, 20).await;
     assert!(
         eventually(Duration::from_secs(30), async || clicks(&db, id).await
             == 20)
@@ -209,14 +192,7 @@ async fn a_restarted_consumer_resumes_from_its_committed_offset_without_loss() {
     );
     consumer.signal("KILL");
     let _ = consumer.wait_exit(Duration::from_secs(10)).await;
-    for _ in 0..20 {
-        assert_eq!(
-            http(edge.http, "GET", &format!("/{code}"), &[], b"")
-                .await
-                .status,
-            302
-        );
-    }
+    support::redirect_n(edge.http, &code, 20).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         clicks(&db, id).await,
@@ -274,14 +250,7 @@ async fn with_the_broker_unreachable_requests_succeed_and_every_event_arrives_af
     let edge = EdgeProc::start(&[replica.grpc], &edge_env(&advertised, &prefix)).await;
     let _consumer = analytics(replica.grpc, &advertised, &prefix, &format!("a-{prefix}"));
     let (id, code) = support::user_and_link(edge.http, "brokerless").await;
-    for _ in 0..10 {
-        assert_eq!(
-            http(edge.http, "GET", &format!("/{code}"), &[], b"")
-                .await
-                .status,
-            302
-        );
-    }
+    support::redirect_n(edge.http, &code, 10).await;
     assert!(
         eventually(Duration::from_secs(30), async || clicks(&db, id).await
             == 10)

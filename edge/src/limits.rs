@@ -106,7 +106,7 @@ impl Guard {
     /// have lost: persisted bans (after a Redis restart) and bans this edge
     /// issued while the store was unreachable.
     pub async fn sync(&self) {
-        if let Err(e) = self.store.restore_from_pg().await {
+        if let Err(e) = self.store.restore_if_lost().await {
             tracing::debug!(error = %e, "ban restore skipped");
         }
         let pending: Vec<String> = self

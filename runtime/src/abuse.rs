@@ -267,7 +267,32 @@ impl AbuseStore {
         if restored > 0 {
             tracing::info!(restored, "bans restored from PostgreSQL");
         }
+        if let Some(r) = &self.redis {
+            let key = self.key("restored");
+            r.run(|mut c| async move { c.set::<_, _, ()>(key, "1").await })
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
         Ok(restored)
+    }
+
+    /// `restore_from_pg` only when Redis has lost its state since the last
+    /// restore (its marker key is gone, as after a restart): one GET in the
+    /// usual case instead of a PostgreSQL query and a read per ban.
+    pub async fn restore_if_lost(&self) -> anyhow::Result<usize> {
+        let Some(r) = &self.redis else { return Ok(0) };
+        if self.pg.is_none() {
+            return Ok(0);
+        }
+        let key = self.key("restored");
+        let marker: Option<String> = r
+            .run(|mut c| async move { c.get(key).await })
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if marker.is_some() {
+            return Ok(0);
+        }
+        self.restore_from_pg().await
     }
 
     /// Every ban in force.

@@ -378,3 +378,30 @@ impl Load {
         )
     }
 }
+
+/// Environment of a links replica on `db` with Redis and a fresh cache
+/// prefix, plus `extra`.
+pub fn links_env(
+    db: &shortlink_testkit::TestDb,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("REDIS_URL", shortlink_testkit::redis_url()),
+        (
+            "CACHE_PREFIX",
+            format!("test:{}:", shortlink_testkit::random_suffix()),
+        ),
+        ("HEALTH_INTERVAL_MS", "200".into()),
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Follows `/{code}` `n` times through the edge, each answered 302.
+pub async fn redirect_n(edge: SocketAddr, code: &str, n: usize) {
+    for _ in 0..n {
+        let r = shortlink_testkit::http(edge, "GET", &format!("/{code}"), &[], b"").await;
+        assert_eq!(r.status, 302, "{r:?}");
+    }
+}
