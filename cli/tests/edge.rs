@@ -19,6 +19,14 @@ fn load_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `load_env` with the edge's resolution cache off, so that every redirect
+/// is a links call (for tests of balancing across replicas).
+fn uncached_load_env() -> Vec<(&'static str, String)> {
+    let mut v = load_env();
+    v.push(("EDGE_RESOLVE_CACHE_TTL_MS", "0".into()));
+    v
+}
+
 fn abuse_env(prefix: &str) -> Vec<(&'static str, String)> {
     vec![
         ("REDIS_URL", redis_url()),
@@ -442,7 +450,7 @@ async fn least_in_flight_sends_most_requests_to_the_fast_replica() {
     let mut slow_env = links_env(&db, &[("CACHE_DISABLED", "true".into())]);
     slow_env[0].1 = slow_url;
     let slow = Replica::start(&slow_env).await;
-    let edge = EdgeProc::start(&[fast.grpc, slow.grpc], &load_env()).await;
+    let edge = EdgeProc::start(&[fast.grpc, slow.grpc], &uncached_load_env()).await;
     let user = post_json(
         edge.http,
         "/users",
@@ -514,7 +522,7 @@ async fn a_killed_replica_is_ejected_then_readmitted_without_failed_reads() {
     let env = links_env(&db, &[]);
     let a = Replica::start(&env).await;
     let mut b = Replica::start(&env).await;
-    let edge = EdgeProc::start(&[a.grpc, b.grpc], &load_env()).await;
+    let edge = EdgeProc::start(&[a.grpc, b.grpc], &uncached_load_env()).await;
     let (_, code) = support::user_and_link(edge.http, "kkuser").await;
 
     // Reads flow for ~3 s from 8 clients (bounded: at most 3,000 requests each).
@@ -1047,4 +1055,56 @@ async fn cached_redirects_keep_working_through_the_edge_while_the_database_is_do
     })
     .await;
     assert!(back, "writes did not recover");
+}
+
+#[tokio::test]
+async fn a_changed_link_stops_redirecting_on_every_edge_within_a_second() {
+    require_redis().await;
+    let db = TestDb::new().await;
+    let replica = Replica::start(&links_env(&db, &[])).await;
+    let prefix = format!("t:{}:", shortlink_testkit::random_suffix());
+    let mut env = abuse_env(&prefix);
+    env.extend(load_env());
+    let a = EdgeProc::start(&[replica.grpc], &env).await;
+    let b = EdgeProc::start(&[replica.grpc], &env).await;
+    let (id, code) = support::user_and_link(a.http, "cacheuser").await;
+    let path = format!("/{code}");
+    // Both edges have the resolution cached.
+    for e in [a.http, b.http] {
+        for _ in 0..3 {
+            assert_eq!(http(e, "GET", &path, &[], b"").await.status, 302);
+        }
+    }
+    let r = http(
+        a.http,
+        "PUT",
+        &format!("/urls/{id}"),
+        &[("Content-Type", "application/json")],
+        br#"{"original_url": "https://example.com/moved"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The edge that served the change forgets it at once.
+    let r = http(a.http, "GET", &path, &[], b"").await;
+    assert_eq!(r.header("location"), Some("https://example.com/moved"));
+    // The other edge follows within its cache TTL (500 ms) plus the links
+    // service's second invalidation (500 ms); 3 s bounds a loaded machine.
+    let started = std::time::Instant::now();
+    let moved = eventually(Duration::from_secs(3), async || {
+        http(b.http, "GET", &path, &[], b"")
+            .await
+            .header("location")
+            == Some("https://example.com/moved")
+    })
+    .await;
+    assert!(moved, "edge B still redirects to the old URL");
+    println!("edge B followed the update after {:?}", started.elapsed());
+    let r = http(b.http, "DELETE", &format!("/urls/{id}"), &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(http(b.http, "GET", &path, &[], b"").await.status, 410);
+    let gone = eventually(Duration::from_secs(3), async || {
+        http(a.http, "GET", &path, &[], b"").await.status == 410
+    })
+    .await;
+    assert!(gone, "edge A still redirects a deleted link");
 }

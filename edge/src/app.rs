@@ -129,6 +129,22 @@ pub fn run_with_bus(
             .filter(|h| !h.is_empty())
             .collect(),
     };
+    let resolve_cache = crate::resolve_cache::ResolveCache::new(
+        cfg.resolve_cache_size,
+        Duration::from_millis(cfg.resolve_cache_ttl_ms),
+    )
+    .map(Arc::new);
+    if let Some(cache) = resolve_cache.clone() {
+        let shutdown = shutdown.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(cache.ttl()) => cache.sweep(),
+                    () = shutdown.wait() => return,
+                }
+            }
+        });
+    }
     let edge = Edge {
         events: crate::proxy::EdgeEvents {
             bus: bus.clone(),
@@ -139,6 +155,7 @@ pub fn run_with_bus(
         metrics: metrics.clone(),
         settings,
         started: Instant::now(),
+        resolve_cache,
     };
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "shortlink edge");

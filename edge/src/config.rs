@@ -49,6 +49,14 @@ pub struct EdgeConfig {
     /// Bound on one upstream gRPC call, in milliseconds.
     #[arg(long, env = "EDGE_UPSTREAM_TIMEOUT_MS", default_value_t = 5000)]
     pub upstream_timeout_ms: u64,
+    /// How long the edge keeps a resolution of a short code, in
+    /// milliseconds (0 disables the cache). A changed link stops
+    /// redirecting everywhere within about this plus 500 ms.
+    #[arg(long, env = "EDGE_RESOLVE_CACHE_TTL_MS", default_value_t = 500)]
+    pub resolve_cache_ttl_ms: u64,
+    /// Most short codes the edge's resolution cache holds (0 disables it).
+    #[arg(long, env = "EDGE_RESOLVE_CACHE_SIZE", default_value_t = 100_000)]
+    pub resolve_cache_size: usize,
     /// Extra attempts on other replicas when a connection fails.
     #[arg(long, env = "EDGE_RETRIES", default_value_t = 2)]
     pub retries: usize,
@@ -182,6 +190,11 @@ impl EdgeConfig {
         if !(self.rate_limit_rps > 0.0 && self.rate_limit_burst >= 1.0) {
             return Err(ConfigError::new(
                 "RATE_LIMIT_RPS must be > 0 and RATE_LIMIT_BURST >= 1",
+            ));
+        }
+        if self.resolve_cache_ttl_ms > 1000 {
+            return Err(ConfigError::new(
+                "EDGE_RESOLVE_CACHE_TTL_MS must be at most 1000: a changed link must stop redirecting within about a second",
             ));
         }
         if self.threads == 0 {

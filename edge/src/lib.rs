@@ -2,7 +2,8 @@
 //! calls on the links replicas.
 //!
 //! One module per concern: `api` (routing and transcoding), `balance`
-//! (least in-flight selection, health checks, ejection, retries), `limits`
+//! (least in-flight selection, health checks, ejection, retries),
+//! `resolve_cache` (the redirect path's own cache of resolutions), `limits`
 //! (rate limits and ban escalation), `tls` (certificates), `proxy` (the
 //! Pingora phases), `metrics`, `config` and `app` (start-up).
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod resolve_cache;
 pub mod tls;
 
 pub use app::{run, run_with_bus};

@@ -104,6 +104,8 @@ pub struct Edge {
     pub metrics: EdgeMetrics,
     pub settings: ProxySettings,
     pub started: Instant,
+    /// Resolutions served without a links call (None: disabled).
+    pub resolve_cache: Option<Arc<crate::resolve_cache::ResolveCache>>,
 }
 
 /// Sets the span's parent from `incoming` and returns the traceparent to
@@ -499,6 +501,7 @@ impl ProxyHttp for Edge {
             body,
             request_id: &ctx.request_id,
             traceparent: &ctx.traceparent,
+            cache: self.resolve_cache.as_deref(),
         };
         let reply = api::dispatch(f, &call).instrument(span).await;
         if reply.status >= 500 {

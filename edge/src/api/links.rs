@@ -9,8 +9,12 @@ use serde_json::Value;
 use shortlink_proto::v1 as pb;
 use shortlink_proto::v1::link_service_client::LinkServiceClient;
 
+use std::sync::Arc;
+
 use super::input::{JsonBody, ListUrls, query};
 use super::{Call, Outcome, Reply, render};
+use crate::balance::CallError;
+use crate::resolve_cache::Resolution;
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
@@ -31,7 +35,10 @@ pub fn create<'a>(c: &'a Call<'a>) -> Fut<'a> {
                 LinkServiceClient::new(ch).create_link(r).await
             })
             .await?;
-        Ok(Reply::json(201, render::url(&resp.link.unwrap_or_default())).served_by(rep))
+        let link = resp.link.unwrap_or_default();
+        // A custom code looked up before it existed is cached as missing.
+        forget(c, &link.short_code);
+        Ok(Reply::json(201, render::url(&link)).served_by(rep))
     })
 }
 
@@ -48,20 +55,77 @@ fn location_body(url: &str) -> Bytes {
 
 pub fn redirect<'a>(c: &'a Call<'a>) -> Fut<'a> {
     Box::pin(async move {
-        let short_code = c.routed.code.clone().unwrap_or_default();
-        let (resp, rep) = c
-            .call(
-                true,
-                pb::ResolveLinkRequest { short_code },
-                |ch, r| async move { LinkServiceClient::new(ch).resolve_link(r).await },
-            )
-            .await?;
-        let mut r = Reply::raw_json(302, location_body(&resp.original_url));
-        r.click = Some((resp.link_id, resp.user_id));
-        r.headers.push(("location", resp.original_url));
-        r.headers.push(("cache-control", "no-store".into()));
-        Ok(r.served_by(rep))
+        let short_code = c.routed.code.as_deref().unwrap_or_default();
+        let (res, upstream) = match c.cache.and_then(|cache| cache.get(short_code)) {
+            Some(res) => (res, None),
+            None => {
+                let res = resolve(c, short_code).await?;
+                if let Some(cache) = c.cache {
+                    cache.put(short_code, res.0.clone());
+                }
+                res
+            }
+        };
+        let mut r = match res {
+            Resolution::Found {
+                url,
+                link_id,
+                user_id,
+            } => {
+                let mut r = Reply::raw_json(302, location_body(&url));
+                r.click = Some((link_id, user_id));
+                r.headers.push(("location", url.to_string()));
+                r.headers.push(("cache-control", "no-store".into()));
+                r
+            }
+            Resolution::Missing(m) => Reply::error(404, &*m),
+            Resolution::Gone(m) => Reply::error(410, &*m),
+        };
+        r.upstream = upstream;
+        Ok(r)
     })
+}
+
+/// Resolves `code` on a links replica; NOT_FOUND and FAILED_PRECONDITION
+/// are answers (cacheable), anything else an error reply.
+async fn resolve(c: &Call<'_>, code: &str) -> Result<(Resolution, Option<Arc<str>>), Reply> {
+    let msg = pb::ResolveLinkRequest {
+        short_code: code.to_owned(),
+    };
+    let res = c
+        .upstreams
+        .call(true, |ch| {
+            let r = c.grpc(msg.clone());
+            async move { LinkServiceClient::new(ch).resolve_link(r).await }
+        })
+        .await;
+    match res {
+        Ok((resp, rep)) => {
+            let resp = resp.into_inner();
+            Ok((
+                Resolution::Found {
+                    url: resp.original_url.into(),
+                    link_id: resp.link_id,
+                    user_id: resp.user_id,
+                },
+                Some(Arc::from(rep.addr.as_str())),
+            ))
+        }
+        Err(CallError::Status(s)) if s.code() == tonic::Code::NotFound => {
+            Ok((Resolution::Missing(s.message().into()), None))
+        }
+        Err(CallError::Status(s)) if s.code() == tonic::Code::FailedPrecondition => {
+            Ok((Resolution::Gone(s.message().into()), None))
+        }
+        Err(e) => Err(super::call_error(e, c.routed.route)),
+    }
+}
+
+/// Drops this edge's cached resolution of a code it just changed.
+fn forget(c: &Call<'_>, code: &str) {
+    if let Some(cache) = c.cache {
+        cache.invalidate(code);
+    }
 }
 
 pub fn list<'a>(c: &'a Call<'a>) -> Fut<'a> {
@@ -121,7 +185,9 @@ pub fn update<'a>(c: &'a Call<'a>) -> Fut<'a> {
                 LinkServiceClient::new(ch).update_link(r).await
             })
             .await?;
-        Ok(Reply::json(200, render::url(&resp.link.unwrap_or_default())).served_by(rep))
+        let link = resp.link.unwrap_or_default();
+        forget(c, &link.short_code);
+        Ok(Reply::json(200, render::url(&link)).served_by(rep))
     })
 }
 
@@ -134,7 +200,9 @@ pub fn delete<'a>(c: &'a Call<'a>) -> Fut<'a> {
                 |ch, r| async move { LinkServiceClient::new(ch).delete_link(r).await },
             )
             .await?;
-        let mut v = render::url(&resp.link.unwrap_or_default());
+        let link = resp.link.unwrap_or_default();
+        forget(c, &link.short_code);
+        let mut v = render::url(&link);
         v["message"] = Value::String(DELETED_MESSAGE.into());
         Ok(Reply::json(200, v).served_by(rep))
     })

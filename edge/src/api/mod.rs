@@ -106,6 +106,8 @@ pub struct Call<'a> {
     /// The edge's own request id (sent upstream as `x-request-id`).
     pub request_id: &'a str,
     pub traceparent: &'a str,
+    /// The edge's resolution cache, when enabled.
+    pub cache: Option<&'a crate::resolve_cache::ResolveCache>,
 }
 
 impl Call<'_> {
