@@ -253,7 +253,7 @@ pub fn status_reply(s: &tonic::Status, route: Route) -> Reply {
         Code::Unavailable => {
             let mut r = Reply::error(
                 503,
-                if msg.starts_with("database unavailable") {
+                if shortlink_proto::errors::is_database_unavailable(s) {
                     msg
                 } else {
                     "service unavailable".into()
