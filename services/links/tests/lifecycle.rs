@@ -24,10 +24,11 @@ struct Bus {
 async fn stopping_the_app_stops_its_background_tasks() {
     let args = Bus::parse_from(["test"]).bus;
     let metrics = Metrics::new("links", "lifecycle-test");
+    let decoy_metrics = Metrics::new("links", "lifecycle-decoy");
     // The global log sink keeps the first bus it is given for the life of
     // the process; give it another one, so that after the app stops this
     // test holds the only reference to `bus`.
-    let decoy = shortlink_runtime::bus::connect(&args, &metrics).unwrap();
+    let decoy = shortlink_runtime::bus::connect(&args, &decoy_metrics).unwrap();
     shortlink_runtime::telemetry::publish_logs_to(decoy, "logs".into(), "links", "decoy");
     let bus = shortlink_runtime::bus::connect(&args, &metrics).unwrap();
 
