@@ -302,7 +302,7 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
                     if let Err(e) = fut.await {
                         tracing::error!(
                             consumer = name,
-                            error = format!("{e:#}"),
+                            error = shortlink_runtime::redact::redact_text(&format!("{e:#}")),
                             "consumer stopped"
                         );
                     }

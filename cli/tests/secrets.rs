@@ -17,8 +17,16 @@ const SECRETS: &[(&str, &str, &str)] = &[
         "postgres://app:pgsecret1@127.0.0.1:1/app",
         "pgsecret1",
     ),
-    ("REDIS_URL", "redis://:redissecret2@127.0.0.1:1/0", "redissecret2"),
-    ("ADMIN_TOKEN", "admintoken-secret-3-0123456789", "admintoken-secret-3"),
+    (
+        "REDIS_URL",
+        "redis://:redissecret2@127.0.0.1:1/0",
+        "redissecret2",
+    ),
+    (
+        "ADMIN_TOKEN",
+        "admintoken-secret-3-0123456789",
+        "admintoken-secret-3",
+    ),
     (
         "ALERT_WEBHOOK_URLS",
         "https://discord.example/api/webhooks/1/hooksecret4",
@@ -106,7 +114,10 @@ fn start_up_failures_do_not_print_passwords() {
     // A malformed URL fails in parsing.
     let (code, text) = run(
         &["migrate"],
-        &[("DATABASE_URL", "postgres://app:pgsecret1@127.0.0.1:notaport/app")],
+        &[(
+            "DATABASE_URL",
+            "postgres://app:pgsecret1@127.0.0.1:notaport/app",
+        )],
     );
     assert_ne!(code, Some(0));
     assert_no_secret("migrate with a malformed URL", &text);
