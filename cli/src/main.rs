@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ use shortlink_edge::EdgeConfig;
 use shortlink_links::config::DatabaseArgs;
 use shortlink_links::{App, LinksConfig};
 use shortlink_runtime::config::{ConfigError, EXIT_CONFIG};
+use shortlink_runtime::retry::{Backoff, Verdict, retry};
 use shortlink_runtime::shutdown::Shutdown;
 use shortlink_runtime::telemetry::{self, TelemetryArgs};
 
@@ -118,8 +120,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let config = e.chain().any(|c| c.is::<ConfigError>());
-            tracing::error!(error = format!("{e:#}"), "shortlink failed");
-            eprintln!("shortlink: {e:#}");
+            // A connection error may quote the URL it was given; passwords
+            // never reach the terminal or the logs.
+            let msg = shortlink_runtime::redact::redact_text(&format!("{e:#}"));
+            tracing::error!(error = msg, "shortlink failed");
+            eprintln!("shortlink: {msg}");
             ExitCode::from(if config { EXIT_CONFIG as u8 } else { 1 })
         }
     }
@@ -218,17 +223,24 @@ where
     shutdown.trigger_on_signals();
     // Subscribe only once the topics exist: a subscription whose topics
     // appear later is rebalanced, which some brokers handle poorly.
-    let mut delay = std::time::Duration::from_millis(200);
-    while let Err(e) = bus.ensure_topics(&topics.all()).await {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "waiting for the broker to create topics"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.wait() => return Ok(()),
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    let names = topics.all();
+    let topics_ready = retry(
+        &Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5)),
+        Some(&shutdown),
+        || bus.ensure_topics(&names),
+        |e, a| {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                retry_in_ms = a.delay.as_millis() as u64,
+                "waiting for the broker to create topics"
+            );
+            Verdict::Retry
+        },
+    )
+    .await;
+    if topics_ready.is_err() {
+        // Only a shutdown ends an endless retry.
+        return Ok(());
     }
     shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
     shortlink_runtime::telemetry::publish_logs_to(bus.clone(), topics.logs, kind, kind);
@@ -290,7 +302,7 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
                     if let Err(e) = fut.await {
                         tracing::error!(
                             consumer = name,
-                            error = format!("{e:#}"),
+                            error = shortlink_runtime::redact::redact_text(&format!("{e:#}")),
                             "consumer stopped"
                         );
                     }

@@ -20,6 +20,7 @@ use shortlink_runtime::shutdown::Shutdown;
 
 use crate::balance::Upstreams;
 use crate::config::EdgeConfig;
+use crate::conn::{CapFilter, ConnTable, Guarded, HttpApp};
 use crate::limits::Guard;
 use crate::metrics::{EdgeMetrics, MetricsApp};
 use crate::proxy::{Edge, ProxySettings};
@@ -157,8 +158,19 @@ pub fn run_with_bus(
         started: Instant::now(),
         resolve_cache,
     };
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "shortlink edge");
+    // The proxy inside the connection-hygiene wrappers (see `conn`): caps
+    // at accept, the header deadline on every stream, keep-alive and HTTP/2
+    // limits on every connection.
+    let conns = ConnTable::new(cfg.conn(), &registry);
+    let app = Guarded::new(
+        HttpApp::new(
+            pingora::proxy::http_proxy(&server.configuration, edge),
+            &cfg.conn(),
+        ),
+        conns.clone(),
+    );
+    let mut proxy = Service::new("shortlink edge".into(), app);
+    proxy.set_connection_filter(Arc::new(CapFilter(conns)));
     proxy.add_tcp(&cfg.http_addr.to_string());
     if let Some(addr) = cfg.https_addr.0 {
         let (cert, key) = crate::tls::material(

@@ -61,6 +61,32 @@ impl Replica {
     }
 }
 
+/// One call counted in flight on a replica (and in its gauge) for as long
+/// as this lives. Decrementing on drop, not after the `.await`, is what keeps
+/// the count honest when the caller's future is dropped mid-call (client
+/// gone, timeout, task aborted): a leaked count would make least-in-flight
+/// avoid a healthy replica for ever.
+struct InFlight<'a> {
+    replica: &'a Replica,
+    gauge: prometheus::IntGauge,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(replica: &'a Replica, gauges: &IntGaugeVec) -> Self {
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        let gauge = gauges.with_label_values(&[&replica.addr]);
+        gauge.inc();
+        Self { replica, gauge }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
 /// What went wrong with an upstream call.
 #[derive(Debug)]
 pub enum CallError {
@@ -106,7 +132,7 @@ pub fn is_connection_failure(s: &tonic::Status) -> bool {
     {
         return false;
     }
-    if s.message().starts_with("database unavailable") || is_timeout(s) {
+    if shortlink_proto::errors::is_database_unavailable(s) || is_timeout(s) {
         return false;
     }
     let m = s.message();
@@ -267,11 +293,9 @@ impl Upstreams {
             tried.push(i);
             let r = self.replicas[i].clone();
             self.metrics.selections.with_label_values(&[&r.addr]).inc();
-            r.in_flight.fetch_add(1, Ordering::Relaxed);
-            self.metrics.in_flight.with_label_values(&[&r.addr]).inc();
+            let in_flight = InFlight::enter(&r, &self.metrics.in_flight);
             let res = f(r.channel.clone()).await;
-            r.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.in_flight.with_label_values(&[&r.addr]).dec();
+            drop(in_flight);
             match res {
                 Ok(v) => return Ok((v, r)),
                 Err(s) if is_connection_failure(&s) => {
@@ -351,6 +375,82 @@ impl Upstreams {
 mod tests {
     use super::*;
 
+    /// A replica that accepts TCP connections and never answers (a hung
+    /// process): calls on it stay in flight until the caller gives up.
+    async fn silent_replica() -> (String, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_leaves_nothing_in_flight() {
+        let (addr, server) = silent_replica().await;
+        let registry = Metrics::new("edge", "test");
+        let cfg = BalanceConfig {
+            interval: Duration::from_secs(60),
+            check_timeout: Duration::from_millis(100),
+            healthy_after: 1,
+            unhealthy_after: 1,
+            // Far longer than the test: only the caller's drop ends the call.
+            call_timeout: Duration::from_secs(600),
+            retries: 0,
+        };
+        let up = Upstreams::new(std::slice::from_ref(&addr), cfg, &registry).unwrap();
+        let replica = up.replicas()[0].clone();
+        replica.healthy.store(true, Ordering::Relaxed);
+
+        let call = {
+            let up = up.clone();
+            tokio::spawn(async move {
+                let _ = up
+                    .call(true, |ch| async move {
+                        let mut c = HealthClient::new(ch);
+                        c.check(HealthCheckRequest::default()).await
+                    })
+                    .await;
+            })
+        };
+        // The call is on the wire and counted...
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while replica.in_flight() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "call never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(replica.in_flight(), 1);
+        // ...until the request future is dropped mid-flight.
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        assert_eq!(replica.in_flight(), 0, "an abandoned call leaked its count");
+        assert_eq!(
+            up.metrics
+                .in_flight
+                .with_label_values(&[&replica.addr])
+                .get(),
+            0,
+            "the gauge leaked too"
+        );
+
+        // The same through a timeout around the call.
+        let r = tokio::time::timeout(
+            Duration::from_millis(200),
+            up.call(true, |ch| async move {
+                let mut c = HealthClient::new(ch);
+                c.check(HealthCheckRequest::default()).await
+            }),
+        )
+        .await;
+        assert!(r.is_err(), "the silent replica answered");
+        assert_eq!(replica.in_flight(), 0);
+        server.abort();
+    }
+
     #[test]
     fn timeouts_answers_and_broken_connections_are_told_apart() {
         let timeout = tonic::Status::cancelled("Timeout expired");
@@ -366,7 +466,7 @@ mod tests {
             is_connect_failure(&refused),
             "nothing was sent: safe to retry anywhere"
         );
-        let db = tonic::Status::unavailable("database unavailable: circuit breaker open");
+        let db = shortlink_proto::errors::database_unavailable("circuit breaker open");
         assert!(
             !is_connection_failure(&db),
             "an answer from the service is not a broken connection"

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use shortlink_runtime::config::ConfigError;
 
 use crate::balance::BalanceConfig;
+use crate::conn::ConnSettings;
 
 /// Flags of `shortlink edge`.
 #[derive(Clone, Debug, clap::Args)]
@@ -100,13 +101,13 @@ pub struct EdgeConfig {
     pub metrics_allow: Vec<IpNet>,
 
     /// Redis for shared strikes and bans (unset: this edge alone, in memory).
-    #[arg(long = "redis-url", env = "REDIS_URL")]
+    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Prefix of the Redis keys and channel shared by the edges and admin.
     #[arg(long, env = "ABUSE_KEY_PREFIX", default_value = "shortlink:abuse:")]
     pub abuse_prefix: String,
     /// PostgreSQL URL where bans are persisted (unset: not persisted).
-    #[arg(long = "database-url", env = "DATABASE_URL")]
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Sustained requests per second allowed per client IP.
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 50.0)]
@@ -117,6 +118,31 @@ pub struct EdgeConfig {
     /// Clients whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated).
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// Time a client has for a whole request header (and an HTTP/2
+    /// preface), in milliseconds, from its first byte (from accept on a new
+    /// connection). A client too slow is disconnected without an answer.
+    #[arg(long, env = "EDGE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Idle time allowed between requests on a kept-alive HTTP/1
+    /// connection, and on an HTTP/2 connection with no stream open, in
+    /// seconds.
+    #[arg(long, env = "EDGE_KEEPALIVE_TIMEOUT_S", default_value_t = 60)]
+    pub keepalive_timeout_s: u64,
+    /// Open client connections allowed on the public listeners together;
+    /// more are closed at accept. Keep it below the open-files limit.
+    #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Open connections allowed per client address (IPv6: per /64);
+    /// TRUSTED_PROXIES are exempt.
+    #[arg(long, env = "EDGE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    #[arg(long, env = "EDGE_H2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: largest decoded request header list, in bytes.
+    #[arg(long, env = "EDGE_H2_MAX_HEADER_LIST_BYTES", default_value_t = 65_536)]
+    pub h2_max_header_list_bytes: u32,
 
     #[command(flatten)]
     pub bus: shortlink_runtime::bus::BusArgs,
@@ -200,6 +226,26 @@ impl EdgeConfig {
         if self.threads == 0 {
             return Err(ConfigError::new("EDGE_THREADS must be at least 1"));
         }
+        if !(100..=600_000).contains(&self.header_timeout_ms) {
+            return Err(ConfigError::new(
+                "EDGE_HEADER_TIMEOUT_MS must be between 100 and 600000",
+            ));
+        }
+        if !(1..=3600).contains(&self.keepalive_timeout_s) {
+            return Err(ConfigError::new(
+                "EDGE_KEEPALIVE_TIMEOUT_S must be between 1 and 3600",
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            return Err(ConfigError::new(
+                "EDGE_MAX_CONNECTIONS and EDGE_MAX_CONNECTIONS_PER_CLIENT must be at least 1",
+            ));
+        }
+        if self.h2_max_concurrent_streams == 0 || self.h2_max_header_list_bytes < 1024 {
+            return Err(ConfigError::new(
+                "EDGE_H2_MAX_CONCURRENT_STREAMS must be at least 1 and EDGE_H2_MAX_HEADER_LIST_BYTES at least 1024",
+            ));
+        }
         if let Some(u) = &self.redis_url
             && !u.is_empty()
             && !u.starts_with("redis://")
@@ -217,6 +263,19 @@ impl EdgeConfig {
         self.edge_id
             .clone()
             .unwrap_or_else(|| format!("edge-{}", self.http_addr.port()))
+    }
+
+    /// Connection hygiene of the public listeners.
+    pub fn conn(&self) -> ConnSettings {
+        ConnSettings {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            keepalive: Duration::from_secs(self.keepalive_timeout_s),
+            max_total: self.max_connections,
+            max_per_client: self.max_connections_per_client,
+            exempt: self.trusted_proxies.clone(),
+            h2_max_streams: self.h2_max_concurrent_streams,
+            h2_max_header_list: self.h2_max_header_list_bytes,
+        }
     }
 
     pub fn balance(&self) -> BalanceConfig {

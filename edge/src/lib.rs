@@ -5,12 +5,14 @@
 //! (least in-flight selection, health checks, ejection, retries),
 //! `resolve_cache` (the redirect path's own cache of resolutions), `limits`
 //! (rate limits and ban escalation), `tls` (certificates), `proxy` (the
-//! Pingora phases), `metrics`, `config` and `app` (start-up).
+//! Pingora phases), `conn` (connection caps, header deadline, keep-alive
+//! and HTTP/2 limits), `metrics`, `config` and `app` (start-up).
 
 pub mod api;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod conn;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

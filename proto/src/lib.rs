@@ -16,6 +16,7 @@ pub mod events {
     pub const SCHEMA_VERSION: u32 = 1;
 }
 
+pub mod errors;
 pub mod json;
 
 /// Encoded `FileDescriptorSet` of every shortlink proto file, for

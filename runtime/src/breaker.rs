@@ -7,6 +7,12 @@
 //! one probe call is let through; success closes the breaker, failure opens
 //! it again for another cool-down. Time is `tokio::time::Instant`, so tests
 //! drive it with `tokio::time::pause()`.
+//!
+//! The transition listener runs after the lock is released, never under
+//! it: a listener may read the breaker (or take its own locks) without
+//! deadlocking it. Two transitions racing on different threads may reach
+//! the listener in either order; `state()` is the truth, and the links
+//! service's gauge is re-read from it on every scrape.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -183,6 +189,15 @@ impl CircuitBreaker {
     /// Asks to make a call. `None` means fail fast.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
         let mut g = self.lock();
+        let mut changed = None;
+        let permit = self.admit(&mut g, &mut changed);
+        drop(g);
+        self.notify(changed);
+        permit
+    }
+
+    /// Decides under the lock; a transition it causes is left in `changed`.
+    fn admit(&self, g: &mut Inner, changed: &mut Option<(State, State)>) -> Option<Permit<'_>> {
         match g.state {
             State::Closed => Some(Permit {
                 breaker: self,
@@ -197,7 +212,7 @@ impl CircuitBreaker {
                     return None;
                 }
                 g.probe_in_flight = true;
-                self.transition(&mut g, State::HalfOpen);
+                *changed = Self::set(g, State::HalfOpen);
                 Some(Permit {
                     breaker: self,
                     probe: true,
@@ -248,54 +263,73 @@ impl CircuitBreaker {
 
     fn record(&self, ok: bool, probe: bool) {
         let mut g = self.lock();
+        let changed = Self::settle(&self.config, &mut g, ok, probe);
+        drop(g);
+        self.notify(changed);
+    }
+
+    /// Applies one outcome; returns the transition it caused, if any.
+    fn settle(
+        config: &BreakerConfig,
+        g: &mut Inner,
+        ok: bool,
+        probe: bool,
+    ) -> Option<(State, State)> {
         if probe {
             g.probe_in_flight = false;
         }
         match g.state {
-            State::HalfOpen if !probe => {
-                // A call admitted before the breaker opened; only the probe
-                // decides what happens next.
+            // A call admitted before the breaker opened; only the probe
+            // decides what happens next.
+            State::HalfOpen if !probe => None,
+            State::HalfOpen if ok => {
+                g.consecutive = 0;
+                g.outcomes.clear();
+                g.opened_at = None;
+                Self::set(g, State::Closed)
             }
             State::HalfOpen => {
-                if ok {
-                    g.consecutive = 0;
-                    g.outcomes.clear();
-                    g.opened_at = None;
-                    self.transition(&mut g, State::Closed);
-                } else {
-                    g.opened_at = Some(Instant::now());
-                    self.transition(&mut g, State::Open);
-                }
+                g.opened_at = Some(Instant::now());
+                Self::set(g, State::Open)
             }
-            State::Open => {
-                // A call admitted before the breaker opened; it tells us
-                // nothing new.
-            }
+            // A call admitted before the breaker opened; it tells us
+            // nothing new.
+            State::Open => None,
             State::Closed => {
                 g.outcomes.push_back(ok);
-                while g.outcomes.len() > self.config.window {
+                while g.outcomes.len() > config.window {
                     g.outcomes.pop_front();
                 }
                 g.consecutive = if ok { 0 } else { g.consecutive + 1 };
                 let failures = g.outcomes.iter().filter(|o| !**o).count();
-                let ratio_trips = g.outcomes.len() >= self.config.min_calls
-                    && failures as f64 / g.outcomes.len() as f64 >= self.config.failure_ratio;
-                if !ok && (g.consecutive >= self.config.consecutive_failures || ratio_trips) {
+                let ratio_trips = g.outcomes.len() >= config.min_calls
+                    && failures as f64 / g.outcomes.len() as f64 >= config.failure_ratio;
+                if !ok && (g.consecutive >= config.consecutive_failures || ratio_trips) {
                     g.opened_at = Some(Instant::now());
                     g.consecutive = 0;
                     g.outcomes.clear();
-                    self.transition(&mut g, State::Open);
+                    return Self::set(g, State::Open);
                 }
+                None
             }
         }
     }
 
-    fn transition(&self, g: &mut Inner, to: State) {
+    /// Changes the state under the lock; the caller reports the returned
+    /// transition with `notify` once the lock is released.
+    fn set(g: &mut Inner, to: State) -> Option<(State, State)> {
         let from = g.state;
         if from == to {
-            return;
+            return None;
         }
         g.state = to;
+        Some((from, to))
+    }
+
+    /// Logs a transition and runs the listener. Never called with the lock
+    /// held.
+    fn notify(&self, changed: Option<(State, State)>) {
+        let Some((from, to)) = changed else { return };
         tracing::warn!(
             from = from.as_str(),
             to = to.as_str(),
@@ -397,6 +431,54 @@ mod tests {
             assert!(matches!(r, Err(BreakerError::Inner("conflict"))));
         }
         assert_eq!(b.state(), State::Closed);
+    }
+
+    /// The listener reads the breaker back. Run under the lock (as before
+    /// the fix) that re-locks the mutex and deadlocks; the work runs on a
+    /// thread bounded by a timeout so the test fails instead of hanging.
+    #[test]
+    fn the_listener_runs_outside_the_lock() {
+        use std::sync::{OnceLock, Weak};
+        let me: Arc<OnceLock<Weak<CircuitBreaker>>> = Arc::new(OnceLock::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (me2, seen2) = (me.clone(), seen.clone());
+        let b = Arc::new(
+            CircuitBreaker::new(BreakerConfig {
+                cool_down: Duration::ZERO,
+                ..BreakerConfig::default()
+            })
+            .with_listener(move |_from, to| {
+                let b = me2.get().and_then(Weak::upgrade).expect("breaker alive");
+                // Reads back through the public getters, as a metrics or
+                // health hook would.
+                let _ = format!("{b:?}");
+                seen2.lock().unwrap().push((to, b.state()));
+            }),
+        );
+        me.set(Arc::downgrade(&b)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = b.clone();
+        std::thread::spawn(move || {
+            for _ in 0..5 {
+                worker.try_acquire().expect("closed admits").failure();
+            }
+            // Cool-down zero: the next caller is the half-open probe.
+            worker.try_acquire().expect("probe admitted").success();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a transition deadlocked: the listener ran under the breaker's lock");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                // `state()` reports half-open for an open breaker whose
+                // (zero) cool-down is over.
+                (State::Open, State::HalfOpen),
+                (State::HalfOpen, State::HalfOpen),
+                (State::Closed, State::Closed),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

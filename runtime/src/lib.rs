@@ -1,8 +1,9 @@
 //! Shared runtime for every shortlink component: telemetry (JSON logs and
 //! optional OTLP traces), Prometheus metrics, the circuit breaker, graceful
 //! shutdown, the HTTP side port (`/live`, `/ready`, `/health`, `/metrics`),
-//! request ids and the gRPC observability layer. Components build on this
-//! crate instead of copying these pieces.
+//! request ids, the gRPC observability layer, the one retry/backoff helper
+//! and secret redaction. Components build on this crate instead of copying
+//! these pieces.
 
 pub mod abuse;
 pub mod breaker;
@@ -10,8 +11,10 @@ pub mod bus;
 pub mod config;
 pub mod grpc_layer;
 pub mod metrics;
+pub mod redact;
 pub mod redis_conn;
 pub mod request_id;
+pub mod retry;
 pub mod shutdown;
 pub mod side_port;
 pub mod telemetry;

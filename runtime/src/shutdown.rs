@@ -1,44 +1,53 @@
 //! Graceful shutdown: one future that completes on SIGTERM or Ctrl-C, and a
 //! cloneable signal that servers and background tasks wait on.
+//!
+//! The signal is a `tokio_util` `CancellationToken`: `child()` gives a
+//! signal that fires with its parent (or on its own), and `drop_guard()`
+//! ties firing to an owner's lifetime, so a background task started for an
+//! object that is dropped without being run still stops.
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::DropGuard;
 
-/// A cloneable shutdown signal. `trigger` flips it once; every clone's
+/// A cloneable shutdown signal. `trigger` fires it once; every clone's
 /// `wait` then completes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Shutdown {
-    tx: watch::Sender<bool>,
-    rx: watch::Receiver<bool>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
+    token: CancellationToken,
 }
 
 impl Shutdown {
     /// A signal that has not fired yet.
     pub fn new() -> Self {
-        let (tx, rx) = watch::channel(false);
-        Self { tx, rx }
+        Self::default()
+    }
+
+    /// A signal that fires when this one does, and can also be fired on its
+    /// own without firing this one.
+    pub fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+        }
     }
 
     /// Fires the signal.
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.token.cancel();
     }
 
     /// True once the signal has fired.
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        self.token.is_cancelled()
     }
 
     /// Completes when the signal fires.
     pub async fn wait(&self) {
-        let mut rx = self.rx.clone();
-        // An error means every sender is gone, which also means "stop".
-        let _ = rx.wait_for(|v| *v).await;
+        self.token.cancelled().await;
+    }
+
+    /// A guard that fires the signal when dropped.
+    pub fn drop_guard(&self) -> DropGuard {
+        self.token.clone().drop_guard()
     }
 
     /// Fires the signal on SIGTERM or SIGINT.
@@ -87,5 +96,26 @@ mod tests {
         s.trigger();
         waiter.await.unwrap();
         assert!(s.is_triggered());
+    }
+
+    #[tokio::test]
+    async fn a_child_fires_with_its_parent_but_not_the_other_way() {
+        let parent = Shutdown::new();
+        let a = parent.child();
+        let b = parent.child();
+        a.trigger();
+        assert!(a.is_triggered());
+        assert!(!parent.is_triggered() && !b.is_triggered());
+        parent.trigger();
+        b.wait().await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_guard_fires() {
+        let s = Shutdown::new();
+        let guard = s.drop_guard();
+        assert!(!s.is_triggered());
+        drop(guard);
+        s.wait().await;
     }
 }

@@ -163,7 +163,7 @@ pub fn status_reply(s: &tonic::Status, route: Route) -> Reply {
         Code::FailedPrecondition | Code::Aborted => Reply::error(409, msg),
         Code::Unavailable => Reply::error(
             503,
-            if msg.starts_with("database unavailable") {
+            if shortlink_proto::errors::is_database_unavailable(s) {
                 msg
             } else {
                 "service unavailable".into()

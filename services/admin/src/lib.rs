@@ -38,10 +38,10 @@ pub struct AdminConfig {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
     /// Redis shared with the edges (required: bans must reach every edge).
-    #[arg(long = "redis-url", env = "REDIS_URL")]
+    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: String,
     /// PostgreSQL where bans are persisted (recommended).
-    #[arg(long = "database-url", env = "DATABASE_URL")]
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Prefix of the Redis keys and channel shared with the edges.
     #[arg(long, env = "ABUSE_KEY_PREFIX", default_value = "shortlink:abuse:")]

@@ -22,6 +22,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use shortlink_proto::events::{LogEvent, RequestEvent};
 use shortlink_runtime::bus::{Delivery, EventBus, Topics};
+use shortlink_runtime::retry::{Backoff, Verdict, retry};
 use shortlink_runtime::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,7 +34,13 @@ pub struct AlerterArgs {
     #[command(flatten)]
     pub group: GroupArgs,
     /// Discord-compatible webhook URLs, comma-separated. Unset: log only.
-    #[arg(long, env = "ALERT_WEBHOOK_URLS", value_delimiter = ',')]
+    /// Secret (the token is in the URL): never shown by --help or in logs.
+    #[arg(
+        long,
+        env = "ALERT_WEBHOOK_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub webhook_urls: Vec<String>,
     /// Listener for Alertmanager webhooks (POST /alertmanager).
     #[arg(long, env = "ALERTER_HTTP_ADDR", default_value = "127.0.0.1:9183")]
@@ -157,13 +164,58 @@ pub fn message(alerts: &[Alert]) -> Value {
 
 type Job = (Vec<Alert>, oneshot::Sender<()>);
 
-/// One webhook's sender: throttled, 429-aware.
+/// Attempts per message: a 5xx or a network error waits 1 s, 2 s, 3 s,
+/// 4 s before the next; a 429 waits as long as the webhook says.
+const WEBHOOK_RETRY: Backoff =
+    Backoff::linear(Duration::from_secs(1), Duration::from_secs(4)).attempts(5);
+
+/// Why one POST to a webhook did not deliver.
+#[derive(Debug)]
+enum SendError {
+    /// 429: try again after this long.
+    RateLimited(Duration),
+    /// Another non-success status.
+    Refused(reqwest::StatusCode),
+    /// No answer. The error is stripped of its URL (the token is in it).
+    Unreachable(reqwest::Error),
+}
+
+async fn send_once(client: &reqwest::Client, url: &str, body: &Value) -> Result<(), SendError> {
+    let r = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| SendError::Unreachable(e.without_url()))?;
+    if r.status().is_success() {
+        return Ok(());
+    }
+    if r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(SendError::Refused(r.status()));
+    }
+    let header = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok());
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let secs = body["retry_after"]
+        .as_f64()
+        .or(header)
+        .unwrap_or(1.0)
+        .clamp(0.05, 60.0);
+    Err(SendError::RateLimited(Duration::from_secs_f64(secs)))
+}
+
+/// One webhook's sender: throttled, 429-aware. Logs name the webhook by its
+/// origin only: the rest of a webhook URL is its secret.
 async fn sender(
     url: String,
     client: reqwest::Client,
     min_interval: Duration,
     mut rx: mpsc::Receiver<Job>,
 ) {
+    let label = shortlink_runtime::redact::url_origin(&url);
     let mut last: Option<Instant> = None;
     while let Some((mut alerts, ack)) = rx.recv().await {
         let mut acks = vec![ack];
@@ -179,41 +231,37 @@ async fn sender(
             acks.push(ack);
         }
         let body = message(&alerts);
-        for attempt in 1..=5 {
-            match client.post(&url).json(&body).send().await {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                    let header = r
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<f64>().ok());
-                    let body: Value = r.json().await.unwrap_or(Value::Null);
-                    let secs = body["retry_after"]
-                        .as_f64()
-                        .or(header)
-                        .unwrap_or(1.0)
-                        .clamp(0.05, 60.0);
+        let sent = retry(
+            &WEBHOOK_RETRY,
+            None,
+            || send_once(&client, &url, &body),
+            |e, a| match e {
+                SendError::RateLimited(wait) => {
                     tracing::warn!(
-                        url,
-                        retry_after_s = secs,
-                        attempt,
+                        webhook = %label,
+                        retry_after_s = wait.as_secs_f64(),
+                        attempt = a.number,
                         "webhook rate limited; waiting"
                     );
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    Verdict::RetryAfter(*wait)
                 }
-                Ok(r) => {
-                    tracing::error!(url, status = %r.status(), attempt, "webhook refused the alert");
-                    if r.status().is_client_error() {
-                        break;
+                SendError::Refused(status) => {
+                    tracing::error!(webhook = %label, status = %status, attempt = a.number, "webhook refused the alert");
+                    if status.is_client_error() {
+                        Verdict::GiveUp
+                    } else {
+                        Verdict::Retry
                     }
-                    tokio::time::sleep(Duration::from_secs(attempt)).await;
                 }
-                Err(e) => {
-                    tracing::error!(url, error = %e, attempt, "webhook unreachable");
-                    tokio::time::sleep(Duration::from_secs(attempt)).await;
+                SendError::Unreachable(e) => {
+                    tracing::error!(webhook = %label, error = %e, attempt = a.number, "webhook unreachable");
+                    Verdict::Retry
                 }
-            }
+            },
+        )
+        .await;
+        if sent.is_err() {
+            tracing::warn!(webhook = %label, alerts = alerts.len(), "alert not delivered; giving up on this message");
         }
         last = Some(Instant::now());
         for a in acks {

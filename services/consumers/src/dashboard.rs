@@ -30,6 +30,7 @@ pub struct DashboardIngestArgs {
     #[arg(
         long,
         env = "DASHBOARD_DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://./data/dashboard.db?mode=rwc"
     )]
     pub dashboard_database_url: String,

@@ -19,6 +19,7 @@ pub mod log_printer;
 use std::time::Duration;
 
 use shortlink_runtime::bus::{BusArgs, Delivery, Subscription};
+use shortlink_runtime::retry::{Backoff, Verdict, retry, sleep_unless};
 use shortlink_runtime::shutdown::Shutdown;
 
 /// Settings every consumer shares.
@@ -100,15 +101,18 @@ pub async fn next_batch(
     wait: Duration,
     shutdown: &Shutdown,
 ) -> Option<Vec<Delivery>> {
+    // Waiting for an event may take for ever, so the wait itself races
+    // the signal; a failed consume waits as CONSUME_RETRY says.
+    let mut delays = CONSUME_RETRY.delays();
     let first = loop {
         tokio::select! {
             d = sub.next() => match d {
                 Ok(d) => break d,
                 Err(e) => {
-                    tracing::warn!(error = %e, "consume failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = shutdown.wait() => return None,
+                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "consume failed; retrying");
+                    if !sleep_unless(Some(shutdown), delay).await {
+                        return None;
                     }
                 }
             },
@@ -143,24 +147,30 @@ pub async fn commit_batch(sub: &mut Box<dyn Subscription>, batch: &[Delivery]) {
     }
 }
 
-/// Retries `f` with backoff until it succeeds or shutdown (returns false).
-pub async fn retry_until_ok<F, Fut, T>(what: &str, shutdown: &Shutdown, mut f: F) -> Option<T>
+/// How a consumer retries a failed consume (the broker is away).
+pub const CONSUME_RETRY: Backoff = Backoff::constant(Duration::from_secs(1));
+
+/// How a consumer retries a failed processing step (its database or the
+/// links service is away): the batch is not committed until it succeeds.
+pub const STEP_RETRY: Backoff =
+    Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
+
+/// Retries `f` as `STEP_RETRY` says until it succeeds; `None` at shutdown.
+pub async fn retry_until_ok<F, Fut, T>(what: &str, shutdown: &Shutdown, f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), what, "failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.wait() => return None,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    retry(&STEP_RETRY, Some(shutdown), f, |e, a| {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            what,
+            attempt = a.number,
+            retry_in_ms = a.delay.as_millis() as u64,
+            "failed; retrying"
+        );
+        Verdict::Retry
+    })
+    .await
+    .ok()
 }

@@ -17,7 +17,8 @@ use shortlink_proto::v1::user_service_server::UserServiceServer;
 use shortlink_runtime::breaker::State;
 use shortlink_runtime::grpc_layer::ObservabilityLayer;
 use shortlink_runtime::metrics::{Metrics, RpcMetrics};
-use shortlink_runtime::shutdown::Shutdown;
+use shortlink_runtime::retry::{Backoff, Verdict};
+use shortlink_runtime::shutdown::{DropGuard, Shutdown};
 use shortlink_runtime::side_port::{self, HealthCheck, HealthReport};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -86,22 +87,29 @@ pub async fn connect_store(
     cfg: &StoreConfig,
     retry: Duration,
 ) -> anyhow::Result<Arc<dyn LinkStore>> {
-    let deadline = tokio::time::Instant::now() + retry;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match store::connect(cfg).await {
-            Ok(s) => return Ok(s),
-            Err(e) if is_unreachable(&e) && tokio::time::Instant::now() + delay < deadline => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "database not reachable yet; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+    let policy = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(2))
+        .give_up_after(retry);
+    shortlink_runtime::retry::retry(
+        &policy,
+        None,
+        || store::connect(cfg),
+        |e, a| {
+            if !is_unreachable(e) || a.last {
+                return Verdict::GiveUp;
             }
-            Err(e) => return Err(e.context("cannot connect to the database")),
-        }
-    }
+            tracing::warn!(
+                error = shortlink_runtime::redact::redact_text(&format!("{e:#}")),
+                retry_in_ms = a.delay.as_millis() as u64,
+                "database not reachable yet; retrying"
+            );
+            Verdict::Retry
+        },
+    )
+    .await
+    .map_err(|e| match e.into_error() {
+        Some(e) => e.context("cannot connect to the database"),
+        None => anyhow::anyhow!("cannot connect to the database"),
+    })
 }
 
 /// True when the error says the database could not be reached (worth
@@ -177,6 +185,9 @@ pub struct App {
     health_interval: Duration,
     delay: Duration,
     grace: Duration,
+    /// Fires the signal of the app's background tasks (topic keeper) when
+    /// dropped.
+    background: DropGuard,
 }
 
 impl std::fmt::Debug for App {
@@ -226,7 +237,11 @@ impl App {
             None => shortlink_runtime::bus::connect(&cfg.bus, &metrics)?,
         };
         let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
-        shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), Shutdown::new());
+        // Stops with the app: when `run_until_stopped` is done, or when the
+        // app is dropped without running (a signal nobody fires would leave
+        // the task, and the bus it holds, alive for the life of the process).
+        let background = Shutdown::new();
+        shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), background.clone());
         shortlink_runtime::telemetry::publish_logs_to(
             bus.clone(),
             topics.logs.clone(),
@@ -262,6 +277,7 @@ impl App {
             health_interval: Duration::from_millis(cfg.health_interval_ms.max(100)),
             delay: Duration::from_millis(cfg.shutdown_delay_ms),
             grace: Duration::from_secs(cfg.shutdown_grace_s),
+            background: background.drop_guard(),
         })
     }
 
@@ -394,6 +410,7 @@ impl App {
         let _ = health_loop.await;
         self.core.flush_events(Duration::from_secs(5)).await;
         self.core.store().close().await;
+        drop(self.background);
         tracing::info!("links service stopped");
         result
     }

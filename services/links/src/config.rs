@@ -18,7 +18,7 @@ use crate::store::StoreConfig;
 pub struct DatabaseArgs {
     /// PostgreSQL URL (postgres://user@host:5432/db) or sqlite: URL. Unset:
     /// the embedded default, a SQLite file in the data directory.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Directory for the embedded SQLite database and generated files.
     #[arg(long, env = "SHORTLINK_DATA_DIR", default_value = "./data")]
@@ -90,7 +90,7 @@ pub struct LinksConfig {
 
     /// Redis URL for the resolution cache (redis://127.0.0.1:6379). Unset:
     /// an in-process cache.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key this service writes.
     #[arg(long, env = "CACHE_PREFIX", default_value = "shortlink:")]

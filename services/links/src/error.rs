@@ -2,7 +2,7 @@
 //! `tonic::Status`. Messages of client errors are meant for the caller;
 //! internal errors never leak their cause (it is logged with the request id).
 
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::store::{Entity, StoreError};
 
@@ -36,8 +36,10 @@ impl From<ServiceError> for Status {
             ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
             ServiceError::AlreadyExists(m) => Status::already_exists(m),
             ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
+            // Typed, so the edge tells "replica up, database down" from a
+            // broken replica without reading the message.
             ServiceError::Unavailable(m) => {
-                Status::new(Code::Unavailable, format!("database unavailable: {m}"))
+                shortlink_proto::errors::database_unavailable(format!("database unavailable: {m}"))
             }
             ServiceError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
@@ -71,6 +73,8 @@ impl From<StoreError> for ServiceError {
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
 
     #[test]
@@ -102,6 +106,11 @@ mod tests {
             let s: Status = e.into();
             assert_eq!(s.code(), code);
             assert!(!s.message().contains("secret"));
+            assert_eq!(
+                shortlink_proto::errors::is_database_unavailable(&s),
+                code == Code::Unavailable,
+                "only the database outage carries the typed detail"
+            );
         }
     }
 }

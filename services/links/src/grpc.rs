@@ -277,7 +277,7 @@ impl UserService for UserApi {
                 Ok(u) => out.created.push(user_pb(u)),
                 Err(crate::error::ServiceError::Unavailable(m)) => {
                     // Stop at an outage: the caller retries the rest.
-                    return Err(Status::unavailable(format!(
+                    return Err(shortlink_proto::errors::database_unavailable(format!(
                         "database unavailable after {} rows were created: {m}",
                         out.created.len()
                     )));

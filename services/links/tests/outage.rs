@@ -80,6 +80,10 @@ async fn database_outage_opens_breaker_serves_cache_and_recovers() {
             "{}",
             e.message()
         );
+        assert!(
+            shortlink_proto::errors::is_database_unavailable(&e),
+            "the outage is a typed detail, not only words: {e:?}"
+        );
         if e.message().contains("circuit breaker open") {
             saw_breaker = true;
             break;
