@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; boxing the large configs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the links service (gRPC + HTTP side port).

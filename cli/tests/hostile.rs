@@ -26,6 +26,9 @@ fn multipart(csv: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// (method, path, headers, body, expected status)
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+
 const MULTIPART: &str = "multipart/form-data; boundary=XbOuNd";
 
 #[tokio::test]
@@ -74,8 +77,7 @@ async fn hostile_input_gets_a_4xx_and_never_a_5xx_or_an_error_log() {
     for i in 0..10_001 {
         rows.push_str(&format!("flood{i},flood{i}@example.com\n"));
     }
-    // (method, path, headers, body, expected status)
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/events".into(), json_ct.to_vec(), deep(40).into_bytes(), 400),
         ("POST", "/events".into(), json_ct.to_vec(), deep(5000).into_bytes(), 400),
         (
