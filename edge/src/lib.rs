@@ -2,14 +2,16 @@
 //! calls on the links replicas.
 //!
 //! One module per concern: `api` (routing and transcoding), `balance`
-//! (least in-flight selection, health checks, ejection, retries), `limits`
-//! (rate limits and ban escalation), `tls` (certificates), `proxy` (the
+//! (least in-flight selection, health checks, ejection, retries),
+//! `identity` (who a request comes from: peer and `X-Forwarded-For`),
+//! `limits` (rate limits and ban escalation), `tls` (certificates), `proxy` (the
 //! Pingora phases), `metrics`, `config` and `app` (start-up).
 
 pub mod api;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

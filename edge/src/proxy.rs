@@ -4,7 +4,6 @@
 //! context), abuse control, HTTPS redirect, body read, the API call, the
 //! response with its standard headers, and in `logging` the metrics.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use http::Method;
-use ipnet::IpNet;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -22,7 +20,8 @@ use tracing::Instrument;
 
 use crate::api::{self, ApiRequest, Reply, Route};
 use crate::balance::Upstreams;
-use crate::limits::{Guard, Verdict, client_ip};
+use crate::identity::Client;
+use crate::limits::{Guard, Verdict};
 use crate::metrics::{EdgeMetrics, method_label};
 
 /// Per-request state.
@@ -35,7 +34,7 @@ pub struct Ctx {
     method: &'static str,
     status: u16,
     tls: bool,
-    client: Option<IpAddr>,
+    client: Option<Client>,
     upstream: Option<String>,
     outcome: &'static str,
     bytes: u64,
@@ -48,7 +47,6 @@ pub struct ProxySettings {
     pub hsts: String,
     pub redirect_to_https: bool,
     pub https_port: Option<u16>,
-    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Where the edge publishes request and click events.
@@ -262,12 +260,8 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let xff = session
-            .req_header()
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        ctx.client = peer.map(|p| client_ip(p, xff, &self.settings.trusted_proxies));
+        let xff = session.req_header().headers.get_all("x-forwarded-for");
+        ctx.client = peer.map(|p| self.guard.identify(p, xff.iter().map(|v| v.as_bytes())));
 
         if routed.route.is_health() {
             let reply = self.health(routed.route);
@@ -275,8 +269,8 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
 
-        if let Some(ip) = ctx.client {
-            match self.guard.check(ip).await {
+        if let Some(client) = ctx.client {
+            match self.guard.check(&client).await {
                 Verdict::Allow { limit, remaining } => {
                     let _ = (limit, remaining);
                 }

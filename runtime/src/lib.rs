@@ -4,7 +4,6 @@
 //! request ids and the gRPC observability layer. Components build on this
 //! crate instead of copying these pieces.
 
-pub mod abuse;
 pub mod breaker;
 pub mod bus;
 pub mod config;
