@@ -768,7 +768,7 @@ mod tests {
             metrics(),
         );
         for i in 0..2000u32 {
-            let c = Client::Ip(IpAddr::from(0xC000_0000u32 + i));
+            let c = Client::Ip(IpAddr::from(std::net::Ipv4Addr::from(0xC000_0000u32 + i)));
             g.check(&c).await;
             g.local_strike(&format!("k{i}"), Duration::from_secs(600));
         }
