@@ -69,8 +69,9 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.map.iter()
     }
 
-    /// Inserts `v` under `k`, making room first when `k` is new and the map
-    /// is full (see the module docs).
+    /// The entry under `k`, set to `v` when absent (an existing value is
+    /// kept, the caller overwrites it through the returned reference),
+    /// making room first when the map is full (see the module docs).
     pub fn insert<R: Ord>(
         &mut self,
         k: K,
@@ -81,8 +82,7 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         if !self.map.contains_key(&k) && self.map.len() >= self.max {
             self.make_room(stale, rank);
         }
-        let slot = self.map.entry(k).or_insert(v);
-        slot
+        self.map.entry(k).or_insert(v)
     }
 
     /// The entry under `k`, created with `make` (making room as `insert`

@@ -231,7 +231,10 @@ mod tests {
             parse_target("2001:db8:5:6:1::/64", &p).unwrap().key,
             "2001:db8:5:6::/64"
         );
-        assert_eq!(parse_target("198.51.100.9/32", &p).unwrap().key, "198.51.100.9");
+        assert_eq!(
+            parse_target("198.51.100.9/32", &p).unwrap().key,
+            "198.51.100.9"
+        );
         assert_eq!(
             parse_target("::ffff:198.51.100.9/128", &p).unwrap().key,
             "198.51.100.9"

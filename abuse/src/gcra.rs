@@ -100,10 +100,16 @@ impl LocalBuckets {
 }
 
 /// A total order on the (finite) TATs, for eviction.
-#[derive(PartialEq, PartialOrd)]
+#[derive(PartialEq)]
 struct OrdF64(f64);
 
 impl Eq for OrdF64 {}
+
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for OrdF64 {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {

@@ -59,7 +59,8 @@ impl MemoryBackend {
         let mut s = self.state();
         s.bans.retain(|_, b| b.active(now));
         s.strikes.retain(|_, (_, start, w)| start.elapsed() < *w);
-        s.hour_bans.retain(|_, (_, last)| last.elapsed() < HOUR_BANS_TTL);
+        s.hour_bans
+            .retain(|_, (_, last)| last.elapsed() < HOUR_BANS_TTL);
         drop(s);
         self.buckets.prune();
     }

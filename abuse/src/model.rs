@@ -138,7 +138,9 @@ impl Limits {
             ("permanent_after", self.permanent_after, 1),
         ] {
             if !(min..=MAX_COUNT).contains(&v) {
-                return Err(format!("{name} must be from {min} to {MAX_COUNT} (got {v})"));
+                return Err(format!(
+                    "{name} must be from {min} to {MAX_COUNT} (got {v})"
+                ));
             }
         }
         Ok(())
@@ -233,20 +235,62 @@ mod tests {
     fn validation_refuses_values_that_overflow_later() {
         assert!(Limits::default().validate().is_ok());
         let bad = [
-            Limits { rps: 0.0, ..Limits::default() },
-            Limits { rps: 1e-300, ..Limits::default() },
-            Limits { rps: f64::NAN, ..Limits::default() },
-            Limits { rps: f64::INFINITY, ..Limits::default() },
-            Limits { rps: 1e9, ..Limits::default() },
-            Limits { burst: f64::NAN, ..Limits::default() },
-            Limits { burst: 0.5, ..Limits::default() },
-            Limits { burst: 1e300, ..Limits::default() },
-            Limits { ban_duration_s: i64::MAX as u64, ..Limits::default() },
-            Limits { ban_duration_s: u64::MAX, ..Limits::default() },
-            Limits { ban_duration_s: 0, ..Limits::default() },
-            Limits { strike_window_s: u64::MAX, ..Limits::default() },
-            Limits { ban_strikes: 0, ..Limits::default() },
-            Limits { permanent_after: u32::MAX, ..Limits::default() },
+            Limits {
+                rps: 0.0,
+                ..Limits::default()
+            },
+            Limits {
+                rps: 1e-300,
+                ..Limits::default()
+            },
+            Limits {
+                rps: f64::NAN,
+                ..Limits::default()
+            },
+            Limits {
+                rps: f64::INFINITY,
+                ..Limits::default()
+            },
+            Limits {
+                rps: 1e9,
+                ..Limits::default()
+            },
+            Limits {
+                burst: f64::NAN,
+                ..Limits::default()
+            },
+            Limits {
+                burst: 0.5,
+                ..Limits::default()
+            },
+            Limits {
+                burst: 1e300,
+                ..Limits::default()
+            },
+            Limits {
+                ban_duration_s: i64::MAX as u64,
+                ..Limits::default()
+            },
+            Limits {
+                ban_duration_s: u64::MAX,
+                ..Limits::default()
+            },
+            Limits {
+                ban_duration_s: 0,
+                ..Limits::default()
+            },
+            Limits {
+                strike_window_s: u64::MAX,
+                ..Limits::default()
+            },
+            Limits {
+                ban_strikes: 0,
+                ..Limits::default()
+            },
+            Limits {
+                permanent_after: u32::MAX,
+                ..Limits::default()
+            },
         ];
         for l in bad {
             assert!(l.validate().is_err(), "{l:?} must be refused");
@@ -262,6 +306,13 @@ mod tests {
         };
         assert!(edge.validate().is_ok());
         let _ = Utc::now() + chrono::Duration::seconds(MAX_DURATION_S as i64);
-        assert!(Limits { rps: MAX_RPS, ..Limits::default() }.validate().is_ok());
+        assert!(
+            Limits {
+                rps: MAX_RPS,
+                ..Limits::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

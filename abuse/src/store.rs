@@ -155,8 +155,12 @@ impl AbuseStore {
     /// Every ban in force (expired ones are removed on the way).
     pub async fn bans(&self) -> Res<Vec<Ban>> {
         let now = Utc::now();
-        let (active, expired): (Vec<Ban>, Vec<Ban>) =
-            self.backend.bans().await?.into_iter().partition(|b| b.active(now));
+        let (active, expired): (Vec<Ban>, Vec<Ban>) = self
+            .backend
+            .bans()
+            .await?
+            .into_iter()
+            .partition(|b| b.active(now));
         for b in expired {
             let _ = self.backend.remove_ban(&b.ip).await;
         }

@@ -104,8 +104,17 @@ async fn bans_are_stored_listed_and_lifted(store: Arc<AbuseStore>) {
     store.put_ban(&a).await.unwrap();
     store.put_ban(&b).await.unwrap();
     assert_eq!(store.ban("203.0.113.1").await.unwrap(), Some(a.clone()));
-    assert_eq!(store.ban("2001:db8:1:2::/64").await.unwrap(), Some(b.clone()));
-    let mut keys: Vec<String> = store.bans().await.unwrap().into_iter().map(|b| b.ip).collect();
+    assert_eq!(
+        store.ban("2001:db8:1:2::/64").await.unwrap(),
+        Some(b.clone())
+    );
+    let mut keys: Vec<String> = store
+        .bans()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.ip)
+        .collect();
     keys.sort();
     assert_eq!(keys, ["2001:db8:1:2::/64", "203.0.113.1"]);
     // Replacing keeps one entry.
@@ -114,10 +123,16 @@ async fn bans_are_stored_listed_and_lifted(store: Arc<AbuseStore>) {
         ..a.clone()
     };
     store.put_ban(&a2).await.unwrap();
-    assert_eq!(store.ban("203.0.113.1").await.unwrap().unwrap().reason, "again");
+    assert_eq!(
+        store.ban("203.0.113.1").await.unwrap().unwrap().reason,
+        "again"
+    );
     assert_eq!(store.bans().await.unwrap().len(), 2);
     // Lifting clears the strikes too and says whether a ban was in force.
-    store.strike("203.0.113.1", Duration::from_secs(60)).await.unwrap();
+    store
+        .strike("203.0.113.1", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(store.lift_ban("203.0.113.1").await.unwrap());
     assert!(!store.lift_ban("203.0.113.1").await.unwrap());
     assert_eq!(store.ban("203.0.113.1").await.unwrap(), None);
@@ -127,9 +142,18 @@ async fn bans_are_stored_listed_and_lifted(store: Arc<AbuseStore>) {
 
 async fn expired_bans_are_not_in_force_and_are_dropped_from_the_list(store: Arc<AbuseStore>) {
     store.put_ban(&ban("198.51.100.1", Some(-5))).await.unwrap();
-    store.put_ban(&ban("198.51.100.2", Some(600))).await.unwrap();
+    store
+        .put_ban(&ban("198.51.100.2", Some(600)))
+        .await
+        .unwrap();
     assert_eq!(store.ban("198.51.100.1").await.unwrap(), None);
-    let listed: Vec<String> = store.bans().await.unwrap().into_iter().map(|b| b.ip).collect();
+    let listed: Vec<String> = store
+        .bans()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.ip)
+        .collect();
     assert_eq!(listed, ["198.51.100.2"]);
     assert!(!store.lift_ban("198.51.100.1").await.unwrap());
 }
@@ -177,7 +201,10 @@ async fn budgets_allow_the_burst_then_refuse_with_a_wait(store: Arc<AbuseStore>)
     assert_eq!(t.remaining, 0);
     // One request per 100 s: the wait is about 100 s, never 0.
     assert!((90..=100).contains(&t.retry_after_s), "{t:?}");
-    assert!(store.take("b2", &l).await.unwrap().allowed, "keys are separate");
+    assert!(
+        store.take("b2", &l).await.unwrap().allowed,
+        "keys are separate"
+    );
     // A fast rate refills within the test.
     let fast = Limits {
         rps: 20.0,
@@ -336,8 +363,14 @@ async fn persisted_bans_are_restored_into_either_backend() {
         .unwrap()
     };
     let writer = mk_redis().await;
-    writer.put_ban(&ban("2001:db8:9:9::/64", None)).await.unwrap();
-    writer.put_ban(&ban("203.0.113.99", Some(-1))).await.unwrap();
+    writer
+        .put_ban(&ban("2001:db8:9:9::/64", None))
+        .await
+        .unwrap();
+    writer
+        .put_ban(&ban("203.0.113.99", Some(-1)))
+        .await
+        .unwrap();
 
     let mem = AbuseStore::new(StoreOptions {
         redis_url: None,
@@ -348,7 +381,11 @@ async fn persisted_bans_are_restored_into_either_backend() {
     })
     .await
     .unwrap();
-    assert_eq!(mem.restore_from_pg().await.unwrap(), 1, "expired bans stay out");
+    assert_eq!(
+        mem.restore_from_pg().await.unwrap(),
+        1,
+        "expired bans stay out"
+    );
     assert!(mem.ban("2001:db8:9:9::/64").await.unwrap().is_some());
 
     // Redis loses the prefix (as a restart would): the marker is gone, so
@@ -383,7 +420,9 @@ async fn persisted_bans_are_restored_into_either_backend() {
 #[tokio::test]
 async fn memory_backend_maps_are_bounded() {
     let backend = shortlink_abuse::memory::MemoryBackend::new(100);
-    let store = AbuseStore::with_backend(backend, None, defaults()).await.unwrap();
+    let store = AbuseStore::with_backend(backend, None, defaults())
+        .await
+        .unwrap();
     let l = Limits {
         rps: 0.01,
         burst: 2.0,

@@ -187,9 +187,9 @@ impl EdgeConfig {
                 "RATE_LIMIT_RPS / RATE_LIMIT_BURST out of range: {e}"
             ))
         })?;
-        self.prefixes().validate().map_err(|e| {
-            ConfigError::new(format!("CLIENT_PREFIX_V4 / CLIENT_PREFIX_V6: {e}"))
-        })?;
+        self.prefixes()
+            .validate()
+            .map_err(|e| ConfigError::new(format!("CLIENT_PREFIX_V4 / CLIENT_PREFIX_V6: {e}")))?;
         if self.abuse_max_clients < 1000 {
             return Err(ConfigError::new("ABUSE_MAX_CLIENTS must be at least 1000"));
         }
@@ -284,12 +284,7 @@ mod tests {
             let err = parse(bad).validate().expect_err("refused");
             assert!(!err.0.is_empty(), "{bad:?}");
         }
-        let c = parse(&[
-            "--client-prefix-v6",
-            "56",
-            "--rate-limit-shared",
-            "false",
-        ]);
+        let c = parse(&["--client-prefix-v6", "56", "--rate-limit-shared", "false"]);
         assert!(c.validate().is_ok());
         assert_eq!(c.prefixes(), Prefixes { v4: 32, v6: 56 });
         assert!(!c.rate_limit_shared);

@@ -401,12 +401,7 @@ impl Guard {
     /// Fallback strike counting while the store is unreachable.
     fn local_strike(&self, key: &str, window: Duration) -> u32 {
         let mut m = lock(&self.local_strikes);
-        let e = m.get_or_insert_with(
-            key,
-            || (0, Instant::now(), window),
-            strike_stale,
-            |v| v.1,
-        );
+        let e = m.get_or_insert_with(key, || (0, Instant::now(), window), strike_stale, |v| v.1);
         if strike_stale(e) {
             *e = (0, Instant::now(), window);
         }
@@ -722,9 +717,11 @@ mod tests {
         // ...meanwhile admin lifts that ban and bans another client, and
         // the edge applies both announcements...
         store.lift_ban("198.51.100.1").await.unwrap();
-        g.apply(Change::Ban("198.51.100.1".into()), g.next_seq()).await;
+        g.apply(Change::Ban("198.51.100.1".into()), g.next_seq())
+            .await;
         store.put_ban(&ban("198.51.100.2")).await.unwrap();
-        g.apply(Change::Ban("198.51.100.2".into()), g.next_seq()).await;
+        g.apply(Change::Ban("198.51.100.2".into()), g.next_seq())
+            .await;
         // ...then the older snapshot lands.
         g.merge_snapshot(began, snapshot);
         assert!(

@@ -14,11 +14,11 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, json};
-use shortlink_proto::v1 as pb;
-use shortlink_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use shortlink_abuse::client::{Target, parse_target};
 use shortlink_abuse::model::MAX_DURATION_S;
 use shortlink_abuse::{AbuseStore, Ban, BanType, Limits, Prefixes, StoreError, StoreOptions};
+use shortlink_proto::v1 as pb;
+use shortlink_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use shortlink_runtime::config::ConfigError;
 use shortlink_runtime::grpc_layer::ObservabilityLayer;
 use shortlink_runtime::metrics::{Metrics, RpcMetrics};
@@ -99,9 +99,9 @@ impl AdminConfig {
                 "RATE_LIMIT_RPS / RATE_LIMIT_BURST out of range: {e}"
             ))
         })?;
-        self.prefixes().validate().map_err(|e| {
-            ConfigError::new(format!("CLIENT_PREFIX_V4 / CLIENT_PREFIX_V6: {e}"))
-        })
+        self.prefixes()
+            .validate()
+            .map_err(|e| ConfigError::new(format!("CLIENT_PREFIX_V4 / CLIENT_PREFIX_V6: {e}")))
     }
 }
 
