@@ -1,5 +1,5 @@
 # The task runner: the same entry points people and CI use.
-.PHONY: up test fmt lint bench bench-edge bench-pipeline
+.PHONY: up test fmt lint bench bench-edge bench-limits bench-pipeline
 up:      ## run the whole system on the embedded default
 	./scripts/up.sh
 test:    ## the whole test suite (what CI runs)
@@ -14,5 +14,7 @@ bench:   ## resolve benchmark (see docs/BENCHMARKS.md)
 	./scripts/bench-resolve.sh
 bench-edge:      ## redirects through the edge vs NGINX (wrk)
 	./scripts/bench-edge.sh
+bench-limits:    ## cost of shared (Redis) rate limiting on the redirect path
+	./scripts/bench-edge.sh 64 10 limits
 bench-pipeline:  ## k6 gold tier with the event pipeline and consumer lag
 	./scripts/bench-pipeline.sh

@@ -38,7 +38,7 @@ trap cleanup EXIT
 LINKS_GRPC_ADDR=127.0.0.1:50181 LINKS_HTTP_ADDR=127.0.0.1:9301 CACHE_PREFIX="benchp:$RANDOM:" "$bin" links & pids+=($!)
 for _ in $(seq 1 100); do curl -fs 127.0.0.1:9301/ready >/dev/null 2>&1 && break; sleep 0.1; done
 EDGE_HTTP_ADDR=127.0.0.1:18090 EDGE_HTTPS_ADDR=off EDGE_METRICS_ADDR=127.0.0.1:19190 LINKS_UPSTREAMS=127.0.0.1:50181 \
-  RATE_LIMIT_RPS=10000000 RATE_LIMIT_BURST=10000000 EDGE_UPGRADE_SOCK="$work/up.sock" "$bin" edge & pids+=($!)
+  RATE_LIMIT_RPS=1000000 RATE_LIMIT_BURST=1000000 EDGE_UPGRADE_SOCK="$work/up.sock" "$bin" edge & pids+=($!)
 for _ in $(seq 1 100); do curl -fs 127.0.0.1:18090/ready >/dev/null 2>&1 && break; sleep 0.1; done
 LINKS_ADDR=127.0.0.1:50181 CONSUMER_GROUP="${prefix}analytics" "$bin" analytics & pids+=($!)
 DASHBOARD_DATABASE_URL="postgres://postgres@127.0.0.1:5432/shortlink_bench_dash" DASHBOARD_INGEST_HTTP_ADDR=127.0.0.1:9314 \

@@ -14,14 +14,14 @@ use pingora::protocols::tls::TlsRef;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
-use shortlink_runtime::abuse::{AbuseStore, Limits};
+use shortlink_abuse::{AbuseStore, StoreOptions};
 use shortlink_runtime::metrics::Metrics;
 use shortlink_runtime::shutdown::Shutdown;
 
 use crate::balance::Upstreams;
 use crate::config::EdgeConfig;
 use crate::conn::{CapFilter, ConnTable, Guarded, HttpApp};
-use crate::limits::Guard;
+use crate::limits::{Guard, GuardConfig};
 use crate::metrics::{EdgeMetrics, MetricsApp};
 use crate::proxy::{Edge, ProxySettings};
 
@@ -61,11 +61,7 @@ pub fn run_with_bus(
     let registry = Metrics::new("edge", &edge_id);
     let metrics = EdgeMetrics::new(registry.clone());
 
-    let defaults = Limits {
-        rps: cfg.rate_limit_rps,
-        burst: cfg.rate_limit_burst,
-        ..Limits::default()
-    };
+    let defaults = cfg.default_limits();
     let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
     let bus = match bus {
         Some(b) => b,
@@ -84,14 +80,26 @@ pub fn run_with_bus(
         // take traffic from the first request (matters after an upgrade).
         upstreams.check_all().await;
         tokio::spawn(upstreams.clone().run_health_checks(shutdown.clone()));
-        let store = AbuseStore::new(
-            cfg.redis_url.as_deref(),
-            cfg.database_url.as_deref(),
-            &cfg.abuse_prefix,
-            defaults.clone(),
-        )
+        let store = AbuseStore::new(StoreOptions {
+            redis_url: cfg.redis_url.as_deref(),
+            database_url: cfg.database_url.as_deref(),
+            prefix: &cfg.abuse_prefix,
+            defaults: defaults.clone(),
+            max_clients: cfg.abuse_max_clients,
+        })
         .await?;
-        let guard = Guard::new(store, edge_id.clone(), defaults, metrics.clone());
+        let guard = Guard::new(
+            store,
+            GuardConfig {
+                edge_id: edge_id.clone(),
+                defaults,
+                prefixes: cfg.prefixes(),
+                trusted_proxies: cfg.trusted_proxies.clone(),
+                shared_budgets: cfg.rate_limit_shared,
+                max_clients: cfg.abuse_max_clients,
+            },
+            metrics.clone(),
+        );
         guard.sync().await;
         guard.start(Duration::from_secs(5), shutdown.clone());
         anyhow::Ok((upstreams, guard))
@@ -120,7 +128,6 @@ pub fn run_with_bus(
         hsts: format!("max-age={}; includeSubDomains", cfg.hsts_max_age_s),
         redirect_to_https: cfg.redirect_to_https && cfg.https_addr.0.is_some(),
         https_port: cfg.https_public_port.or(cfg.https_addr.0.map(|a| a.port())),
-        trusted_proxies: cfg.trusted_proxies.clone(),
         metrics_allow: cfg.metrics_allow.clone(),
         public_host: cfg.public_host.clone(),
         allowed_hosts: cfg

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use shortlink_abuse::{Limits, Prefixes};
 use shortlink_runtime::config::ConfigError;
 
 use crate::balance::BalanceConfig;
@@ -109,12 +110,32 @@ pub struct EdgeConfig {
     /// PostgreSQL URL where bans are persisted (unset: not persisted).
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Sustained requests per second allowed per client IP.
+    /// Sustained requests per second allowed per client (0.001 to 1000000),
+    /// until limits are stored through admin.
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 50.0)]
     pub rate_limit_rps: f64,
-    /// Burst allowed per client IP.
+    /// Burst allowed per client (1 to 1000000), until limits are stored
+    /// through admin.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100.0)]
     pub rate_limit_burst: f64,
+    /// Spend client budgets in Redis, shared by every edge (one round trip
+    /// per request; local budgets while Redis is away). false: each edge
+    /// keeps its own budgets.
+    #[arg(long, env = "RATE_LIMIT_SHARED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rate_limit_shared: bool,
+    /// IPv4 clients are limited and banned by networks of this prefix
+    /// length (16 to 32).
+    #[arg(long, env = "CLIENT_PREFIX_V4", default_value_t = 32)]
+    pub client_prefix_v4: u8,
+    /// IPv6 clients are limited and banned by networks of this prefix
+    /// length (32 to 128; one subscriber usually holds a /64).
+    #[arg(long, env = "CLIENT_PREFIX_V6", default_value_t = 64)]
+    pub client_prefix_v6: u8,
+    /// Most clients each in-memory abuse map tracks at once (budgets,
+    /// fallback strikes, the memory store); the least useful entries are
+    /// dropped beyond it.
+    #[arg(long, env = "ABUSE_MAX_CLIENTS", default_value_t = 100_000)]
+    pub abuse_max_clients: usize,
     /// Clients whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated).
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<IpNet>,
@@ -213,10 +234,16 @@ impl EdgeConfig {
                 )));
             }
         }
-        if !(self.rate_limit_rps > 0.0 && self.rate_limit_burst >= 1.0) {
-            return Err(ConfigError::new(
-                "RATE_LIMIT_RPS must be > 0 and RATE_LIMIT_BURST >= 1",
-            ));
+        self.default_limits().validate().map_err(|e| {
+            ConfigError::new(format!(
+                "RATE_LIMIT_RPS / RATE_LIMIT_BURST out of range: {e}"
+            ))
+        })?;
+        self.prefixes()
+            .validate()
+            .map_err(|e| ConfigError::new(format!("CLIENT_PREFIX_V4 / CLIENT_PREFIX_V6: {e}")))?;
+        if self.abuse_max_clients < 1000 {
+            return Err(ConfigError::new("ABUSE_MAX_CLIENTS must be at least 1000"));
         }
         if self.resolve_cache_ttl_ms > 1000 {
             return Err(ConfigError::new(
@@ -258,6 +285,23 @@ impl EdgeConfig {
         Ok(())
     }
 
+    /// The limits in force until others are stored through admin.
+    pub fn default_limits(&self) -> Limits {
+        Limits {
+            rps: self.rate_limit_rps,
+            burst: self.rate_limit_burst,
+            ..Limits::default()
+        }
+    }
+
+    /// Prefix lengths clients are keyed by.
+    pub fn prefixes(&self) -> Prefixes {
+        Prefixes {
+            v4: self.client_prefix_v4,
+            v6: self.client_prefix_v6,
+        }
+    }
+
     /// This edge's name.
     pub fn id(&self) -> String {
         self.edge_id
@@ -287,5 +331,53 @@ impl EdgeConfig {
             call_timeout: Duration::from_millis(self.upstream_timeout_ms.max(10)),
             retries: self.retries,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        edge: EdgeConfig,
+    }
+
+    fn parse(args: &[&str]) -> EdgeConfig {
+        let mut all = vec!["edge"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("flags parse").edge
+    }
+
+    /// Before: only `rps > 0` and `burst >= 1` were checked, so a tiny rate
+    /// (an infinite refill time) or a NaN passed and panicked later, in a
+    /// request.
+    #[test]
+    fn limit_and_prefix_flags_out_of_range_are_configuration_errors() {
+        assert!(parse(&[]).validate().is_ok());
+        for bad in [
+            &["--rate-limit-rps", "1e-300"][..],
+            &["--rate-limit-rps", "NaN"],
+            &["--rate-limit-rps", "inf"],
+            &["--rate-limit-rps", "0"],
+            &["--rate-limit-rps", "10000000"],
+            &["--rate-limit-burst", "1e300"],
+            &["--rate-limit-burst", "0.5"],
+            &["--client-prefix-v6", "8"],
+            &["--client-prefix-v6", "129"],
+            &["--client-prefix-v4", "33"],
+            &["--abuse-max-clients", "10"],
+        ] {
+            let err = parse(bad).validate().expect_err("refused");
+            assert!(!err.0.is_empty(), "{bad:?}");
+        }
+        let c = parse(&["--client-prefix-v6", "56", "--rate-limit-shared", "false"]);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.prefixes(), Prefixes { v4: 32, v6: 56 });
+        assert!(!c.rate_limit_shared);
+        assert!(parse(&[]).rate_limit_shared);
     }
 }

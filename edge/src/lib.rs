@@ -3,6 +3,7 @@
 //!
 //! One module per concern: `api` (routing and transcoding), `balance`
 //! (least in-flight selection, health checks, ejection, retries),
+//! `identity` (who a request comes from: peer and `X-Forwarded-For`),
 //! `resolve_cache` (the redirect path's own cache of resolutions), `limits`
 //! (rate limits and ban escalation), `tls` (certificates), `proxy` (the
 //! Pingora phases), `conn` (connection caps, header deadline, keep-alive
@@ -13,6 +14,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod conn;
+pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

@@ -21,6 +21,8 @@ pub struct EdgeMetrics {
     pub banned: IntCounter,
     pub bans_issued: IntCounterVec,
     pub tls_handshakes: IntCounter,
+    pub unparseable_identity: IntCounter,
+    pub local_limit_fallback: IntCounter,
 }
 
 /// A bounded method label.
@@ -86,6 +88,20 @@ impl EdgeMetrics {
             tls_handshakes: r.register(
                 IntCounter::new("tls_handshakes_total", "Completed TLS handshakes.")
                     .expect("valid metric"),
+            ),
+            unparseable_identity: r.register(
+                IntCounter::new(
+                    "client_identity_unparseable_total",
+                    "Requests from a trusted proxy whose X-Forwarded-For held an entry that is not an address; limited as one synthetic client.",
+                )
+                .expect("valid metric"),
+            ),
+            local_limit_fallback: r.register(
+                IntCounter::new(
+                    "rate_limit_local_fallback_total",
+                    "Requests limited by this edge's local budget because the shared limiter (Redis) did not answer.",
+                )
+                .expect("valid metric"),
             ),
             registry,
         }

@@ -4,7 +4,6 @@
 //! context), abuse control, HTTPS redirect, body read, the API call, the
 //! response with its standard headers, and in `logging` the metrics.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +21,8 @@ use tracing::Instrument;
 
 use crate::api::{self, Call, Handler, Local, Lookup, Reply, Route};
 use crate::balance::Upstreams;
-use crate::limits::{Guard, Verdict, client_ip};
+use crate::identity::Client;
+use crate::limits::{Guard, Verdict};
 use crate::metrics::{EdgeMetrics, method_label};
 
 /// Per-request state.
@@ -40,7 +40,7 @@ pub struct Ctx {
     method: &'static str,
     status: u16,
     tls: bool,
-    client: Option<IpAddr>,
+    client: Option<Client>,
     upstream: Option<Arc<str>>,
     outcome: &'static str,
     bytes: u64,
@@ -53,7 +53,6 @@ pub struct ProxySettings {
     pub hsts: String,
     pub redirect_to_https: bool,
     pub https_port: Option<u16>,
-    pub trusted_proxies: Vec<IpNet>,
     /// Networks whose clients may read `/metrics` on the public listeners.
     pub metrics_allow: Vec<IpNet>,
     /// Host name used in HTTPS redirects.
@@ -149,7 +148,7 @@ impl Edge {
     /// internal address (replica addresses are on the metrics port's
     /// `/metrics` and in logs); `/metrics` is answered only to clients in
     /// `METRICS_ALLOW` (the metrics port serves everyone it can reach).
-    fn local(&self, l: Local, client: Option<IpAddr>) -> Reply {
+    fn local(&self, l: Local, client: Option<Client>) -> Reply {
         let healthy = self.upstreams.healthy_count();
         let total = self.upstreams.replicas().len();
         match l {
@@ -160,8 +159,8 @@ impl Edge {
                 json!({"status": "not_ready", "error": "no healthy links replica"}),
             ),
             Local::Metrics => {
-                let allowed = client
-                    .is_some_and(|c| self.settings.metrics_allow.iter().any(|n| n.contains(&c)));
+                let allowed = matches!(client, Some(Client::Ip(ip))
+                    if self.settings.metrics_allow.iter().any(|n| n.contains(&ip)));
                 if !allowed {
                     return Reply::error(404, "not found");
                 }
@@ -263,8 +262,8 @@ impl Edge {
     }
 
     /// Applies rate limits and bans; `Some(reply)` refuses the request.
-    async fn abuse_check(&self, ctx: &mut Ctx, ip: IpAddr) -> Option<Reply> {
-        match self.guard.check(ip).await {
+    async fn abuse_check(&self, ctx: &mut Ctx, client: &Client) -> Option<Reply> {
+        match self.guard.check(client).await {
             Verdict::Allow { .. } => None,
             Verdict::Limited {
                 limit,
@@ -409,12 +408,8 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let xff = session
-            .req_header()
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        ctx.client = peer.map(|p| client_ip(p, xff, &self.settings.trusted_proxies));
+        let xff = session.req_header().headers.get_all("x-forwarded-for");
+        ctx.client = peer.map(|p| self.guard.identify(p, xff.iter().map(|v| v.as_bytes())));
 
         let handler = match api::lookup(routed.route, &method) {
             Lookup::Found(h) => h,
@@ -434,8 +429,8 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
 
-        if let Some(ip) = ctx.client
-            && let Some(r) = self.abuse_check(ctx, ip).await
+        if let Some(client) = ctx.client
+            && let Some(r) = self.abuse_check(ctx, &client).await
         {
             self.respond(session, ctx, r).await?;
             return Ok(true);
@@ -600,7 +595,6 @@ mod tests {
             hsts: String::new(),
             redirect_to_https: true,
             https_port: None,
-            trusted_proxies: vec![],
             metrics_allow: vec![],
             public_host: Some("sho.rt".into()),
             allowed_hosts: vec!["www.sho.rt".into(), "[::1]".into()],

@@ -5,7 +5,6 @@
 //! and secret redaction. Components build on this crate instead of copying
 //! these pieces.
 
-pub mod abuse;
 pub mod breaker;
 pub mod bus;
 pub mod config;

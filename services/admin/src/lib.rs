@@ -2,8 +2,11 @@
 //! operators with grpcurl. Every call needs `authorization: Bearer
 //! <ADMIN_TOKEN>`. State lives in the shared `AbuseStore` (Redis, with bans
 //! persisted in PostgreSQL); every change is announced to the edges.
+//! Clients are named by any address (IPv4, IPv6, IPv4-mapped IPv6) or by
+//! the network they are keyed by: an IPv6 address names its /64 (the
+//! edges' `CLIENT_PREFIX_V6`), so a ban of one address bans the network.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,13 +14,14 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, json};
+use shortlink_abuse::client::{Target, parse_target};
+use shortlink_abuse::model::MAX_DURATION_S;
+use shortlink_abuse::{AbuseStore, Ban, BanType, Limits, Prefixes, StoreError, StoreOptions};
 use shortlink_proto::v1 as pb;
 use shortlink_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
-use shortlink_runtime::abuse::{AbuseStore, Ban, BanType, Limits};
 use shortlink_runtime::config::ConfigError;
 use shortlink_runtime::grpc_layer::ObservabilityLayer;
 use shortlink_runtime::metrics::{Metrics, RpcMetrics};
-use shortlink_runtime::redis_conn::RedisError;
 use shortlink_runtime::shutdown::Shutdown;
 use shortlink_runtime::side_port::{self, HealthCheck, HealthReport};
 use tokio::net::TcpListener;
@@ -52,6 +56,53 @@ pub struct AdminConfig {
     /// Default burst per IP.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100.0)]
     pub rate_limit_burst: f64,
+    /// IPv4 clients are keyed by networks of this length; must match the
+    /// edges' CLIENT_PREFIX_V4.
+    #[arg(long, env = "CLIENT_PREFIX_V4", default_value_t = 32)]
+    pub client_prefix_v4: u8,
+    /// IPv6 clients are keyed by networks of this length (a ban of one
+    /// address bans its network); must match the edges' CLIENT_PREFIX_V6.
+    #[arg(long, env = "CLIENT_PREFIX_V6", default_value_t = 64)]
+    pub client_prefix_v6: u8,
+}
+
+impl AdminConfig {
+    fn defaults(&self) -> Limits {
+        Limits {
+            rps: self.rate_limit_rps,
+            burst: self.rate_limit_burst,
+            ..Limits::default()
+        }
+    }
+
+    fn prefixes(&self) -> Prefixes {
+        Prefixes {
+            v4: self.client_prefix_v4,
+            v6: self.client_prefix_v6,
+        }
+    }
+
+    /// Checks values clap cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_token.len() < 16 {
+            return Err(ConfigError::new(
+                "ADMIN_TOKEN must be set to at least 16 characters",
+            ));
+        }
+        if !self.redis_url.starts_with("redis://") {
+            return Err(ConfigError::new(
+                "REDIS_URL must be a redis:// URL shared with the edges",
+            ));
+        }
+        self.defaults().validate().map_err(|e| {
+            ConfigError::new(format!(
+                "RATE_LIMIT_RPS / RATE_LIMIT_BURST out of range: {e}"
+            ))
+        })?;
+        self.prefixes()
+            .validate()
+            .map_err(|e| ConfigError::new(format!("CLIENT_PREFIX_V4 / CLIENT_PREFIX_V6: {e}")))
+    }
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -85,21 +136,21 @@ fn limits_pb(l: &Limits) -> pb::Limits {
     }
 }
 
-fn unavailable(e: RedisError) -> Status {
+fn unavailable(e: StoreError) -> Status {
     Status::unavailable(format!("abuse state store unavailable: {}", e.0))
-}
-
-fn parse_ip(ip: &str) -> Result<String, Status> {
-    ip.trim()
-        .parse::<IpAddr>()
-        .map(|i| i.to_string())
-        .map_err(|_| Status::invalid_argument(format!("ip {ip:?} is not an IPv4 or IPv6 address")))
 }
 
 /// The gRPC service.
 #[derive(Clone, Debug)]
 pub struct AdminApi {
     store: Arc<AbuseStore>,
+    prefixes: Prefixes,
+}
+
+impl AdminApi {
+    fn target(&self, ip: &str) -> Result<Target, Status> {
+        parse_target(ip, &self.prefixes).map_err(Status::invalid_argument)
+    }
 }
 
 #[tonic::async_trait]
@@ -119,9 +170,16 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::GetBanRequest>,
     ) -> Result<Response<pb::GetBanResponse>, Status> {
-        let ip = parse_ip(&req.get_ref().ip)?;
-        let ban = self.store.ban(&ip).await.map_err(unavailable)?;
-        let strikes = self.store.strikes(&ip).await.map_err(unavailable)?;
+        let t = self.target(&req.get_ref().ip)?;
+        let mut ban = self.store.ban(&t.key).await.map_err(unavailable)?;
+        // A ban an older version stored under another spelling.
+        for alias in &t.aliases {
+            if ban.is_some() {
+                break;
+            }
+            ban = self.store.ban(alias).await.map_err(unavailable)?;
+        }
+        let strikes = self.store.strikes(&t.key).await.map_err(unavailable)?;
         Ok(Response::new(pb::GetBanResponse {
             ban: ban.as_ref().map(ban_pb),
             strikes,
@@ -133,7 +191,12 @@ impl AdminService for AdminApi {
         req: Request<pb::BanIpRequest>,
     ) -> Result<Response<pb::BanIpResponse>, Status> {
         let r = req.into_inner();
-        let ip = parse_ip(&r.ip)?;
+        let ip = self.target(&r.ip)?.key;
+        if r.duration_s > MAX_DURATION_S {
+            return Err(Status::invalid_argument(format!(
+                "duration_s must be at most {MAX_DURATION_S} (ten years); 0 bans permanently"
+            )));
+        }
         if r.reason.chars().count() > 500 {
             return Err(Status::invalid_argument(
                 "reason must be at most 500 characters",
@@ -156,9 +219,8 @@ impl AdminService for AdminApi {
             hour_bans: 0,
             issued_by: "admin".into(),
             created_at: now,
-            expires_at: (r.duration_s > 0).then(|| {
-                now + chrono::Duration::seconds(r.duration_s.min(10 * 365 * 86_400) as i64)
-            }),
+            expires_at: (r.duration_s > 0)
+                .then(|| now + chrono::Duration::seconds(r.duration_s as i64)),
         };
         self.store.put_ban(&ban).await.map_err(unavailable)?;
         tracing::warn!(
@@ -175,9 +237,15 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::UnbanIpRequest>,
     ) -> Result<Response<pb::UnbanIpResponse>, Status> {
-        let ip = parse_ip(&req.get_ref().ip)?;
-        let was_banned = self.store.lift_ban(&ip).await.map_err(unavailable)?;
-        tracing::warn!(ip, was_banned, "ban lifted by an operator");
+        let t = self.target(&req.get_ref().ip)?;
+        let mut was_banned = self.store.lift_ban(&t.key).await.map_err(unavailable)?;
+        // Also lift what an older version stored under another spelling.
+        for alias in &t.aliases {
+            if self.store.ban(alias).await.map_err(unavailable)?.is_some() {
+                was_banned |= self.store.lift_ban(alias).await.map_err(unavailable)?;
+            }
+        }
+        tracing::warn!(ip = t.key, was_banned, "ban lifted by an operator");
         Ok(Response::new(pb::UnbanIpResponse { was_banned }))
     }
 
@@ -185,10 +253,12 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::SetEnforcementRequest>,
     ) -> Result<Response<pb::SetEnforcementResponse>, Status> {
-        let mut l = self.store.limits().await.map_err(unavailable)?;
-        l.enforce = req.get_ref().enforce;
-        self.store.put_limits(&l).await.map_err(unavailable)?;
-        tracing::warn!(enforce = l.enforce, "enforcement changed by an operator");
+        // Only the switch is written: the limits stay what they are
+        // (stored, or each edge's own when none are stored).
+        let enforce = req.get_ref().enforce;
+        self.store.set_enforce(enforce).await.map_err(unavailable)?;
+        let l = self.store.reported_limits().await.map_err(unavailable)?;
+        tracing::warn!(enforce, "enforcement changed by an operator");
         Ok(Response::new(pb::SetEnforcementResponse {
             limits: Some(limits_pb(&l)),
         }))
@@ -198,7 +268,7 @@ impl AdminService for AdminApi {
         &self,
         _: Request<pb::GetLimitsRequest>,
     ) -> Result<Response<pb::GetLimitsResponse>, Status> {
-        let l = self.store.limits().await.map_err(unavailable)?;
+        let l = self.store.reported_limits().await.map_err(unavailable)?;
         Ok(Response::new(pb::GetLimitsResponse {
             limits: Some(limits_pb(&l)),
         }))
@@ -291,25 +361,14 @@ impl HealthCheck for AdminHealth {
 
 /// Builds and serves the admin service until `shutdown`.
 pub async fn run(cfg: AdminConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    if cfg.admin_token.len() < 16 {
-        return Err(ConfigError::new("ADMIN_TOKEN must be set to at least 16 characters").into());
-    }
-    if !cfg.redis_url.starts_with("redis://") {
-        return Err(
-            ConfigError::new("REDIS_URL must be a redis:// URL shared with the edges").into(),
-        );
-    }
-    let defaults = Limits {
-        rps: cfg.rate_limit_rps,
-        burst: cfg.rate_limit_burst,
-        ..Limits::default()
-    };
-    let store = AbuseStore::new(
-        Some(&cfg.redis_url),
-        cfg.database_url.as_deref(),
-        &cfg.abuse_prefix,
-        defaults,
-    )
+    cfg.validate()?;
+    let store = AbuseStore::new(StoreOptions {
+        redis_url: Some(&cfg.redis_url),
+        database_url: cfg.database_url.as_deref(),
+        prefix: &cfg.abuse_prefix,
+        defaults: cfg.defaults(),
+        max_clients: 100_000,
+    })
     .await?;
     if let Err(e) = store.restore_from_pg().await {
         tracing::warn!(error = %e, "could not restore persisted bans");
@@ -360,6 +419,7 @@ pub async fn run(cfg: AdminConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         .add_service(AdminServiceServer::with_interceptor(
             AdminApi {
                 store: store.clone(),
+                prefixes: cfg.prefixes(),
             },
             auth,
         ))
