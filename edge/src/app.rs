@@ -47,7 +47,7 @@ pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
 /// instead of the one the configuration names.
 pub fn run_with_bus(
     cfg: EdgeConfig,
-    bus: Option<Arc<dyn shortlink_runtime::bus::EventBus>>,
+    bus: Option<Arc<dyn shortlink_bus::EventBus>>,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
     let edge_id = cfg.id();
@@ -65,19 +65,14 @@ pub fn run_with_bus(
         burst: cfg.rate_limit_burst,
         ..Limits::default()
     };
-    let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
+    let topics = shortlink_bus::Topics::with_prefix(&cfg.bus.topic_prefix);
     let bus = match bus {
         Some(b) => b,
-        None => shortlink_runtime::bus::connect(&cfg.bus, &registry)?,
+        None => shortlink_bus::connect(&cfg.bus, &registry)?,
     };
     let (upstreams, guard) = rt.block_on(async {
-        shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
-        shortlink_runtime::telemetry::publish_logs_to(
-            bus.clone(),
-            topics.logs.clone(),
-            "edge",
-            &edge_id,
-        );
+        shortlink_bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
+        shortlink_bus::publish_logs_to(bus.clone(), topics.logs.clone(), "edge", &edge_id);
         let upstreams = Upstreams::new(&cfg.upstreams, cfg.balance(), &registry)?;
         // One round of checks before listening, so that replicas that are up
         // take traffic from the first request (matters after an upgrade).

@@ -93,7 +93,7 @@ pub struct EdgeConfig {
     pub trusted_proxies: Vec<IpNet>,
 
     #[command(flatten)]
-    pub bus: shortlink_runtime::bus::BusArgs,
+    pub bus: shortlink_bus::BusArgs,
 
     /// Worker threads of the proxy.
     #[arg(long, env = "EDGE_THREADS", default_value_t = 2)]

@@ -53,8 +53,8 @@ pub struct ProxySettings {
 
 /// Where the edge publishes request and click events.
 pub struct EdgeEvents {
-    pub bus: Arc<dyn shortlink_runtime::bus::EventBus>,
-    pub topics: shortlink_runtime::bus::Topics,
+    pub bus: Arc<dyn shortlink_bus::EventBus>,
+    pub topics: shortlink_bus::Topics,
 }
 
 /// The edge.
@@ -425,12 +425,10 @@ impl ProxyHttp for Edge {
                 source: self.settings.edge_id.clone(),
             };
             let key = link_id.to_string();
-            shortlink_runtime::bus::publish_json(
-                self.events.bus.as_ref(),
-                &self.events.topics.links,
-                Some(&key),
-                &ev,
-            );
+            // Typed: the bus serialises off this thread (or never, in process).
+            self.events
+                .bus
+                .publish(&self.events.topics.links, Some(&key), ev.into());
         }
         self.respond(session, ctx, reply).await?;
         Ok(true)
@@ -470,11 +468,10 @@ impl ProxyHttp for Edge {
                 ctx.outcome.to_owned()
             },
         };
-        shortlink_runtime::bus::publish_json(
-            self.events.bus.as_ref(),
+        self.events.bus.publish(
             &self.events.topics.requests,
             Some(&ctx.request_id),
-            &ev,
+            ev.into(),
         );
         if let Some(e) = e {
             tracing::warn!(request_id = %ctx.request_id, trace_id, route = ctx.route.template(), error = %e, "request failed");

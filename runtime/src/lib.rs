@@ -2,11 +2,12 @@
 //! optional OTLP traces), Prometheus metrics, the circuit breaker, graceful
 //! shutdown, the HTTP side port (`/live`, `/ready`, `/health`, `/metrics`),
 //! request ids and the gRPC observability layer. Components build on this
-//! crate instead of copying these pieces.
+//! crate instead of copying these pieces. Subsystems that only some
+//! components use live in crates of their own (the event bus:
+//! `shortlink-bus`), so a component links only what it uses.
 
 pub mod abuse;
 pub mod breaker;
-pub mod bus;
 pub mod config;
 pub mod grpc_layer;
 pub mod metrics;
