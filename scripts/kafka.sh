@@ -5,21 +5,25 @@
 #
 #   ./scripts/kafka.sh install | start | stop | path
 #
-# Its storage is in memory (the dynostore build has no disk engine), so a
-# restarted broker starts empty; the services re-create their topics.
+# Built with the libsql engine and started on a SQLite file: that engine
+# serves a fetch that starts inside a record batch (the memory engine answers
+# from the next batch, which would lose records for a consumer resuming
+# mid-batch) and keeps the log across a broker restart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 tools="${SHORTLINK_TOOLS:-$HOME/.cache/shortlink/tools}"
-tansu="$tools/bin/tansu"
+tansu="$tools/tansu-0.6.0-libsql/bin/tansu"
 addr="${KAFKA_TEST_ADDR:-127.0.0.1:19092}"
 pidfile="$tools/tansu-${addr//[:.]/_}.pid"
+datafile="${KAFKA_TEST_DATA:-$tools/tansu-${addr//[:.]/_}.db}"
 
 install() {
   [ -x "$tansu" ] && return 0
   log "building tansu 0.6.0 into $tools (once; about 12 minutes)"
   mkdir -p "$tools"
-  cargo install tansu --version 0.6.0 --locked --features dynostore --root "$tools" >"$tools/install.log" 2>&1 \
+  cargo install tansu --version 0.6.0 --locked --features libsql,dynostore \
+    --root "$tools/tansu-0.6.0-libsql" >"$tools/install.log" 2>&1 \
     || { tail -30 "$tools/install.log" >&2; die "cargo install tansu failed (log: $tools/install.log)"; }
 }
 
@@ -33,7 +37,7 @@ case "${1:-start}" in
     if up; then log "broker already listening on $addr"; exit 0; fi
     log "starting tansu on $addr"
     nohup "$tansu" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
-      --storage-engine memory://tansu/ >"$tools/tansu-${addr//[:.]/_}.log" 2>&1 &
+      --storage-engine "sqlite://$datafile" >"$tools/tansu-${addr//[:.]/_}.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 1 50); do up && exit 0; sleep 0.2; done
     die "tansu did not start on $addr (log: $tools/tansu-${addr//[:.]/_}.log)"

@@ -24,9 +24,21 @@ ensure_apt_pkg() { # <command> <package>
   fi
 }
 
-# PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth).
+# PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth). Installed from
+# Debian's packages when missing (a fresh machine), with trust auth on
+# loopback for the tests.
 ensure_postgres() {
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return 0; fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ ! -d /etc/postgresql ] || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    ensure_apt_pkg pg_ctlcluster postgresql
+    ensure_apt_pkg psql postgresql-client
+    local v; v="$(ls /etc/postgresql | sort -V | tail -1)"
+    local hba="/etc/postgresql/$v/main/pg_hba.conf"
+    if [ -f "$hba" ] && ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+      log "PostgreSQL $v: trust auth on loopback (test machine)"
+      sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$hba"
+    fi
+  fi
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
     log "starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
@@ -38,6 +50,7 @@ ensure_postgres() {
 # Redis on 127.0.0.1:6379.
 ensure_redis() {
   if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then return 0; fi
+  command -v redis-server >/dev/null 2>&1 || ensure_apt_pkg redis-server redis-server
   if command -v redis-server >/dev/null 2>&1; then
     log "starting Redis"
     mkdir -p /tmp/shortlink-redis

@@ -254,7 +254,7 @@ async fn up_runs_links_and_edge_on_the_embedded_default_with_the_seed() {
     let clicked = shortlink_testkit::eventually(Duration::from_secs(10), async || {
         let r =
             shortlink_testkit::http(edge, "GET", "/urls/1/events?event_type=click", &[], b"").await;
-        r.status == 200 && r.json()["total"] == 1
+        r.status == 200 && r.json().as_array().map(Vec::len) == Some(1)
     })
     .await;
     assert!(clicked, "the redirect's click reached the app database");

@@ -115,6 +115,14 @@ pub fn run_with_bus(
         redirect_to_https: cfg.redirect_to_https && cfg.https_addr.0.is_some(),
         https_port: cfg.https_public_port.or(cfg.https_addr.0.map(|a| a.port())),
         trusted_proxies: cfg.trusted_proxies.clone(),
+        metrics_allow: cfg.metrics_allow.clone(),
+        public_host: cfg.public_host.clone(),
+        allowed_hosts: cfg
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
     };
     let edge = Edge {
         events: crate::proxy::EdgeEvents {

@@ -72,6 +72,24 @@ pub struct EdgeConfig {
     /// HTTPS port used in redirects (default: the TLS listener's port).
     #[arg(long, env = "HTTPS_PUBLIC_PORT")]
     pub https_public_port: Option<u16>,
+    /// Host name used in HTTPS redirects (the request's `Host` is echoed
+    /// only when it is in EDGE_ALLOWED_HOSTS). Default: localhost.
+    #[arg(long, env = "EDGE_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// Host names a redirect may keep from the request's `Host` header
+    /// (comma-separated, compared without the port, case-insensitively).
+    #[arg(long, env = "EDGE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Networks whose clients may read /metrics on the public listeners
+    /// (IPs or CIDRs, comma-separated; the metrics port is not affected).
+    #[arg(
+        long,
+        env = "METRICS_ALLOW",
+        value_delimiter = ',',
+        value_parser = parse_net,
+        default_value = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+    )]
+    pub metrics_allow: Vec<IpNet>,
 
     /// Redis for shared strikes and bans (unset: this edge alone, in memory).
     #[arg(long = "redis-url", env = "REDIS_URL")]

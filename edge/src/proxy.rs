@@ -20,7 +20,7 @@ use serde_json::json;
 use shortlink_runtime::request_id;
 use tracing::Instrument;
 
-use crate::api::{self, ApiRequest, Reply, Route};
+use crate::api::{self, Call, Handler, Local, Lookup, Reply, Route};
 use crate::balance::Upstreams;
 use crate::limits::{Guard, Verdict, client_ip};
 use crate::metrics::{EdgeMetrics, method_label};
@@ -29,14 +29,19 @@ use crate::metrics::{EdgeMetrics, method_label};
 #[derive(Debug)]
 pub struct Ctx {
     start: Instant,
+    /// The edge's own id for this request: sent upstream, written into
+    /// events (the click de-duplication key) and logs. Never the client's.
     request_id: String,
+    /// A sane `X-Request-ID` the client sent: echoed in the response and
+    /// logged beside ours, never used as a key.
+    client_request_id: Option<String>,
     traceparent: String,
     route: Route,
     method: &'static str,
     status: u16,
     tls: bool,
     client: Option<IpAddr>,
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
     outcome: &'static str,
     bytes: u64,
 }
@@ -49,6 +54,40 @@ pub struct ProxySettings {
     pub redirect_to_https: bool,
     pub https_port: Option<u16>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Networks whose clients may read `/metrics` on the public listeners.
+    pub metrics_allow: Vec<IpNet>,
+    /// Host name used in HTTPS redirects.
+    pub public_host: Option<String>,
+    /// Request `Host` values that HTTPS redirects may echo.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl ProxySettings {
+    /// The host of an HTTPS redirect: the request's host when it is on the
+    /// allow-list, else the configured public host. Never an arbitrary
+    /// `Host` header (that would make the edge an open redirector).
+    pub fn redirect_host(&self, requested: Option<&str>) -> String {
+        let name = requested.map(|h| {
+            let h = h.trim();
+            if h.starts_with('[') {
+                h.split_inclusive(']').next().unwrap_or(h)
+            } else {
+                match h.rsplit_once(':') {
+                    Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+                    _ => h,
+                }
+            }
+        });
+        match name {
+            Some(n) if self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(n)) => {
+                n.to_ascii_lowercase()
+            }
+            _ => self
+                .public_host
+                .clone()
+                .unwrap_or_else(|| "localhost".into()),
+        }
+    }
 }
 
 /// Where the edge publishes request and click events.
@@ -104,29 +143,31 @@ fn new_traceparent() -> String {
 }
 
 impl Edge {
-    fn health(&self, route: Route) -> Reply {
+    /// The routes the edge answers itself. The public `/health` names no
+    /// internal address (replica addresses are on the metrics port's
+    /// `/metrics` and in logs); `/metrics` is answered only to clients in
+    /// `METRICS_ALLOW` (the metrics port serves everyone it can reach).
+    fn local(&self, l: Local, client: Option<IpAddr>) -> Reply {
         let healthy = self.upstreams.healthy_count();
         let total = self.upstreams.replicas().len();
-        match route {
-            Route::Live => Reply::json(200, json!({"status": "alive"})),
-            Route::Ready if healthy > 0 => Reply::json(200, json!({"status": "ready"})),
-            Route::Ready => Reply::json(
+        match l {
+            Local::Live => Reply::json(200, json!({"status": "alive"})),
+            Local::Ready if healthy > 0 => Reply::json(200, json!({"status": "ready"})),
+            Local::Ready => Reply::json(
                 503,
                 json!({"status": "not_ready", "error": "no healthy links replica"}),
             ),
-            Route::Metrics => {
-                let mut r = Reply::json(200, json!({}));
-                r.body = Bytes::from(self.metrics.registry.render());
+            Local::Metrics => {
+                let allowed = client
+                    .is_some_and(|c| self.settings.metrics_allow.iter().any(|n| n.contains(&c)));
+                if !allowed {
+                    return Reply::error(404, "not found");
+                }
+                let mut r = Reply::raw_json(200, Bytes::from(self.metrics.registry.render()));
                 r.content_type = "text/plain; version=0.0.4";
                 r
             }
-            _ => {
-                let replicas: Vec<_> = self
-                    .upstreams
-                    .replicas()
-                    .iter()
-                    .map(|r| json!({"addr": r.addr, "healthy": r.is_healthy(), "in_flight": r.in_flight()}))
-                    .collect();
+            Local::Health => {
                 let store = self.guard.store();
                 let status = if healthy == total && store.redis_up() {
                     "ok"
@@ -138,12 +179,11 @@ impl Edge {
                     "edge": self.settings.edge_id,
                     "version": shortlink_runtime::VERSION,
                     "uptime_s": self.started.elapsed().as_secs(),
-                    "replicas": replicas,
+                    "replicas": total,
                     "healthy_replicas": healthy,
                     "abuse_state": {
                         "shared": store.shared(),
                         "redis": if !store.shared() { "not configured" } else if store.redis_up() { "up" } else { "down" },
-                        "known_bans": self.guard.known_bans(),
                         "enforce": self.guard.limits().enforce,
                     },
                 });
@@ -157,7 +197,10 @@ impl Edge {
         let mut h = ResponseHeader::build(reply.status, Some(8))?;
         h.insert_header("content-type", reply.content_type)?;
         h.insert_header("content-length", reply.body.len().to_string())?;
-        h.insert_header("x-request-id", ctx.request_id.as_str())?;
+        h.insert_header(
+            "x-request-id",
+            ctx.client_request_id.as_deref().unwrap_or(&ctx.request_id),
+        )?;
         let elapsed = ctx.start.elapsed();
         h.insert_header(
             "x-response-time",
@@ -181,7 +224,20 @@ impl Edge {
     }
 
     async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<Bytes, Reply> {
-        let mut buf = Vec::new();
+        if let Some(len) = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            && len > limit
+        {
+            return Err(Reply::error(
+                413,
+                format!("request body larger than {limit} bytes"),
+            ));
+        }
+        let mut buf = bytes::BytesMut::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
@@ -193,7 +249,7 @@ impl Edge {
                     }
                     buf.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok(Bytes::from(buf)),
+                Ok(None) => return Ok(buf.freeze()),
                 Err(e) => {
                     return Err(Reply::error(
                         400,
@@ -202,6 +258,86 @@ impl Edge {
                 }
             }
         }
+    }
+
+    /// Applies rate limits and bans; `Some(reply)` refuses the request.
+    async fn abuse_check(&self, ctx: &mut Ctx, ip: IpAddr) -> Option<Reply> {
+        match self.guard.check(ip).await {
+            Verdict::Allow { .. } => None,
+            Verdict::Limited {
+                limit,
+                retry_after_s,
+                strikes,
+                warning,
+            } => {
+                ctx.outcome = "rate_limited";
+                let mut r = Reply::error(429, "rate limit exceeded; slow down")
+                    .with_header("retry-after", retry_after_s.to_string())
+                    .with_header("x-ratelimit-limit", limit.to_string())
+                    .with_header("x-ratelimit-remaining", "0")
+                    .with_header("x-ratelimit-reset", retry_after_s.to_string());
+                if warning {
+                    r = r.with_header(
+                        "x-ratelimit-warning",
+                        format!(
+                            "strike {strikes}: continued requests over the limit lead to a ban"
+                        ),
+                    );
+                }
+                Some(r)
+            }
+            Verdict::Banned(b) => {
+                ctx.outcome = "banned";
+                let now = Utc::now();
+                let mut body = json!({
+                    "error": "forbidden: this client is banned",
+                    "ban_type": b.ban_type.as_str(),
+                    "message": format!("banned: {}", b.reason),
+                });
+                let mut r = Reply::json(403, json!({}));
+                if let Some(s) = b.remaining_s(now) {
+                    body["ban_remaining_s"] = json!(s);
+                    r = r.with_header("retry-after", s.to_string());
+                }
+                r.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                Some(r)
+            }
+        }
+    }
+
+    /// Publishes the click of a served `GET` redirect. Keyed by the edge's
+    /// own request id, so a client reusing an `X-Request-ID` can neither
+    /// erase its own clicks nor hide them.
+    fn publish_click(&self, session: &Session, ctx: &Ctx, code: &str, link_id: i64, user_id: i64) {
+        let h = &session.req_header().headers;
+        let header = |n: &str| {
+            h.get(n)
+                .map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(512)
+                        .collect::<String>()
+                })
+                .unwrap_or_default()
+        };
+        let ev = shortlink_proto::events::LinkEvent {
+            schema_version: shortlink_proto::events::SCHEMA_VERSION,
+            time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            kind: "click".into(),
+            link_id,
+            user_id,
+            short_code: code.to_owned(),
+            referrer: header("referer"),
+            user_agent: header("user-agent"),
+            request_id: ctx.request_id.clone(),
+            source: self.settings.edge_id.clone(),
+            client_request_id: ctx.client_request_id.clone().unwrap_or_default(),
+        };
+        let key = link_id.to_string();
+        // Typed: the bus serialises off this thread (or never, in process).
+        self.events
+            .bus
+            .publish(&self.events.topics.links, Some(&key), ev.into());
     }
 }
 
@@ -213,6 +349,7 @@ impl ProxyHttp for Edge {
         Ctx {
             start: Instant::now(),
             request_id: String::new(),
+            client_request_id: None,
             traceparent: String::new(),
             route: Route::NotFound,
             method: "OTHER",
@@ -237,14 +374,19 @@ impl ProxyHttp for Edge {
         )
     }
 
+    /// The phases of one request, in order: identity, route, local routes
+    /// (health paths are never limited), abuse control, HTTPS redirect,
+    /// body, the API call, the click event, the response.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.start = Instant::now();
         let req = session.req_header();
-        ctx.request_id = request_id::accept_or_generate(
-            req.headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok()),
-        );
+        ctx.request_id = request_id::generate();
+        ctx.client_request_id = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| request_id::is_valid(v))
+            .map(str::to_owned);
         ctx.traceparent = req
             .headers
             .get("traceparent")
@@ -252,6 +394,7 @@ impl ProxyHttp for Edge {
             .filter(|tp| request_id::trace_id_from_traceparent(tp).is_some())
             .map_or_else(new_traceparent, str::to_owned);
         ctx.method = method_label(&req.method);
+        let method = req.method.clone();
         let routed = api::route(req.uri.path());
         ctx.route = routed.route;
         ctx.tls = session
@@ -269,70 +412,36 @@ impl ProxyHttp for Edge {
             .and_then(|v| v.to_str().ok());
         ctx.client = peer.map(|p| client_ip(p, xff, &self.settings.trusted_proxies));
 
-        if routed.route.is_health() {
-            let reply = self.health(routed.route);
+        let handler = match api::lookup(routed.route, &method) {
+            Lookup::Found(h) => h,
+            Lookup::MethodNotAllowed(allow) => {
+                ctx.outcome = "client_error";
+                let r = Reply::error(405, "method not allowed").with_header("allow", allow);
+                self.respond(session, ctx, r).await?;
+                return Ok(true);
+            }
+            Lookup::NotFound => Handler::Api(not_found),
+        };
+        if let Handler::Local(l) = handler
+            && routed.route.is_health()
+        {
+            let reply = self.local(l, ctx.client);
             self.respond(session, ctx, reply).await?;
             return Ok(true);
         }
 
-        if let Some(ip) = ctx.client {
-            match self.guard.check(ip).await {
-                Verdict::Allow { limit, remaining } => {
-                    let _ = (limit, remaining);
-                }
-                Verdict::Limited {
-                    limit,
-                    retry_after_s,
-                    strikes,
-                    warning,
-                } => {
-                    ctx.outcome = "rate_limited";
-                    let mut r = Reply::error(429, "rate limit exceeded; slow down");
-                    r.headers.push(("retry-after", retry_after_s.to_string()));
-                    r.headers.push(("x-ratelimit-limit", limit.to_string()));
-                    r.headers.push(("x-ratelimit-remaining", "0".into()));
-                    r.headers
-                        .push(("x-ratelimit-reset", retry_after_s.to_string()));
-                    if warning {
-                        r.headers.push((
-                            "x-ratelimit-warning",
-                            format!(
-                                "strike {strikes}: continued requests over the limit lead to a ban"
-                            ),
-                        ));
-                    }
-                    self.respond(session, ctx, r).await?;
-                    return Ok(true);
-                }
-                Verdict::Banned(b) => {
-                    ctx.outcome = "banned";
-                    let now = Utc::now();
-                    let mut body = json!({
-                        "error": "forbidden: this client is banned",
-                        "ban_type": b.ban_type.as_str(),
-                        "message": format!("banned: {}", b.reason),
-                    });
-                    if let Some(s) = b.remaining_s(now) {
-                        body["ban_remaining_s"] = json!(s);
-                    }
-                    let mut r = Reply::json(403, body);
-                    if let Some(s) = b.remaining_s(now) {
-                        r.headers.push(("retry-after", s.to_string()));
-                    }
-                    self.respond(session, ctx, r).await?;
-                    return Ok(true);
-                }
-            }
+        if let Some(ip) = ctx.client
+            && let Some(r) = self.abuse_check(ctx, ip).await
+        {
+            self.respond(session, ctx, r).await?;
+            return Ok(true);
         }
 
         if self.settings.redirect_to_https && !ctx.tls {
             let req = session.req_header();
-            let host = req
-                .headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_owned())
-                .unwrap_or_else(|| "localhost".into());
+            let host = self
+                .settings
+                .redirect_host(req.headers.get("host").and_then(|h| h.to_str().ok()));
             let port = self
                 .settings
                 .https_port
@@ -340,23 +449,25 @@ impl ProxyHttp for Edge {
                 .map(|p| format!(":{p}"))
                 .unwrap_or_default();
             let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let mut r = Reply::json(308, json!({"error": "use https"}));
-            r.headers
-                .push(("location", format!("https://{host}{port}{pq}")));
+            let r = Reply::json(308, json!({"error": "use https"}))
+                .with_header("location", format!("https://{host}{port}{pq}"));
             self.respond(session, ctx, r).await?;
             return Ok(true);
         }
 
-        let method = session.req_header().method.clone();
+        let f = match handler {
+            Handler::Api(f) => f,
+            Handler::Local(l) => {
+                let reply = self.local(l, ctx.client);
+                self.respond(session, ctx, reply).await?;
+                return Ok(true);
+            }
+        };
         let body = if method == Method::POST || method == Method::PUT {
-            let limit = if routed.route == Route::UsersBulk {
-                api::MAX_UPLOAD_BODY
-            } else {
-                api::MAX_JSON_BODY
-            };
-            match Self::read_body(session, limit).await {
+            match Self::read_body(session, routed.route.body_limit()).await {
                 Ok(b) => b,
                 Err(r) => {
+                    ctx.outcome = "client_error";
                     self.respond(session, ctx, r).await?;
                     return Ok(true);
                 }
@@ -375,60 +486,28 @@ impl ProxyHttp for Edge {
         );
         ctx.traceparent = child_traceparent(&span, &ctx.traceparent);
         let req = session.req_header();
-        let content_type = req
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let query = req.uri.query().map(str::to_owned);
-        let reply = api::handle(
-            &self.upstreams,
-            ApiRequest {
-                method: &method,
-                routed: &routed,
-                query: query.as_deref(),
-                content_type: content_type.as_deref(),
-                body,
-                request_id: &ctx.request_id,
-                traceparent: &ctx.traceparent,
-            },
-        )
-        .instrument(span)
-        .await;
+        let call = Call {
+            upstreams: &self.upstreams,
+            routed: &routed,
+            query: req.uri.query(),
+            content_type: req
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            body,
+            request_id: &ctx.request_id,
+            traceparent: &ctx.traceparent,
+        };
+        let reply = api::dispatch(f, &call).instrument(span).await;
         if reply.status >= 500 {
             ctx.outcome = "upstream_error";
         } else if reply.status >= 400 {
             ctx.outcome = "client_error";
         }
         if let (Some((link_id, user_id)), Some(code), true) =
-            (reply.click, routed.code.as_ref(), method == Method::GET)
+            (reply.click, routed.code.as_deref(), method == Method::GET)
         {
-            let h = &session.req_header().headers;
-            let header = |n: &str| {
-                h.get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .chars()
-                    .take(512)
-                    .collect::<String>()
-            };
-            let ev = shortlink_proto::events::LinkEvent {
-                schema_version: shortlink_proto::events::SCHEMA_VERSION,
-                time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                kind: "click".into(),
-                link_id,
-                user_id,
-                short_code: code.clone(),
-                referrer: header("referer"),
-                user_agent: header("user-agent"),
-                request_id: ctx.request_id.clone(),
-                source: self.settings.edge_id.clone(),
-            };
-            let key = link_id.to_string();
-            // Typed: the bus serialises off this thread (or never, in process).
-            self.events
-                .bus
-                .publish(&self.events.topics.links, Some(&key), ev.into());
+            self.publish_click(session, ctx, code, link_id, user_id);
         }
         self.respond(session, ctx, reply).await?;
         Ok(true)
@@ -457,36 +536,74 @@ impl ProxyHttp for Edge {
             client_ip: ctx.client.map(|c| c.to_string()).unwrap_or_default(),
             method: ctx.method.to_owned(),
             route: ctx.route.template().to_owned(),
-            path: session.req_header().uri.path().chars().take(512).collect(),
+            path: String::from_utf8_lossy(session.req_header().uri.path().as_bytes())
+                .chars()
+                .take(512)
+                .collect(),
             status: u32::from(status),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream: ctx.upstream.clone().unwrap_or_default(),
+            upstream: ctx.upstream.as_deref().unwrap_or_default().to_owned(),
             bytes: ctx.bytes,
             outcome: if e.is_some() && status == 0 {
                 "client_gone".into()
             } else {
                 ctx.outcome.to_owned()
             },
+            client_request_id: ctx.client_request_id.clone().unwrap_or_default(),
         };
         self.events.bus.publish(
             &self.events.topics.requests,
             Some(&ctx.request_id),
             ev.into(),
         );
+        let client_request_id = ctx.client_request_id.as_deref().unwrap_or("");
         if let Some(e) = e {
-            tracing::warn!(request_id = %ctx.request_id, trace_id, route = ctx.route.template(), error = %e, "request failed");
+            tracing::warn!(request_id = %ctx.request_id, client_request_id, trace_id, route = ctx.route.template(), error = %e, "request failed");
         } else if status >= 500 {
             tracing::warn!(
-                request_id = %ctx.request_id, trace_id, route = ctx.route.template(), method = ctx.method,
+                request_id = %ctx.request_id, client_request_id, trace_id, route = ctx.route.template(), method = ctx.method,
                 status, elapsed_ms = elapsed.as_millis() as u64, upstream = ?ctx.upstream, outcome = ctx.outcome,
                 client = ?ctx.client, "request"
             );
         } else {
             tracing::debug!(
-                request_id = %ctx.request_id, trace_id, route = ctx.route.template(), method = ctx.method,
+                request_id = %ctx.request_id, client_request_id, trace_id, route = ctx.route.template(), method = ctx.method,
                 status, elapsed_ms = elapsed.as_millis() as u64, upstream = ?ctx.upstream, outcome = ctx.outcome,
                 client = ?ctx.client, "request"
             );
         }
+    }
+}
+
+/// The answer for a path that matches no route (after abuse control, so
+/// that scanners are limited like everyone else).
+fn not_found<'a>(
+    _c: &'a Call<'a>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = api::Outcome> + Send + 'a>> {
+    Box::pin(async { Err(Reply::error(404, "not found")) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_redirects_never_echo_an_unlisted_host() {
+        let s = ProxySettings {
+            edge_id: "e".into(),
+            hsts: String::new(),
+            redirect_to_https: true,
+            https_port: None,
+            trusted_proxies: vec![],
+            metrics_allow: vec![],
+            public_host: Some("sho.rt".into()),
+            allowed_hosts: vec!["www.sho.rt".into(), "[::1]".into()],
+        };
+        assert_eq!(s.redirect_host(Some("evil.example")), "sho.rt");
+        assert_eq!(s.redirect_host(Some("evil.example:8080")), "sho.rt");
+        assert_eq!(s.redirect_host(None), "sho.rt");
+        assert_eq!(s.redirect_host(Some("WWW.sho.rt:80")), "www.sho.rt");
+        assert_eq!(s.redirect_host(Some("[::1]:8080")), "[::1]");
+        assert_eq!(s.redirect_host(Some("www.sho.rt.evil.example")), "sho.rt");
     }
 }

@@ -230,6 +230,15 @@ pub struct EdgeProc {
 
 impl EdgeProc {
     pub async fn start(upstreams: &[SocketAddr], envs: &[(&'static str, String)]) -> Self {
+        Self::start_logged(upstreams, envs, None).await
+    }
+
+    /// Like `start`, with the edge's log lines (stdout) written to `log`.
+    pub async fn start_logged(
+        upstreams: &[SocketAddr],
+        envs: &[(&'static str, String)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let (http, https, metrics) = (free_port(), free_port(), free_port());
         let dir = std::env::temp_dir().join(format!(
             "shortlink-edge-{}",
@@ -256,7 +265,10 @@ impl EdgeProc {
             all.push(("EDGE_HEALTH_INTERVAL_MS", "200".into()));
         }
         let _ = std::fs::create_dir_all(&dir);
-        let mut proc = spawn_raw(&["edge"], &all);
+        let mut proc = match log {
+            Some(path) => spawn_to_file(&["edge"], &all, path),
+            None => spawn_raw(&["edge"], &all),
+        };
         let http_addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
         wait_http_ok(&mut proc, http_addr, "/ready").await;
         Self {

@@ -2,6 +2,7 @@
 //! `shortlink-proto` and `LinksCore`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use shortlink_proto::v1 as pb;
@@ -250,6 +251,12 @@ impl UserService for UserApi {
         &self,
         req: Request<pb::BulkCreateUsersRequest>,
     ) -> Result<Response<pb::BulkCreateUsersResponse>, Status> {
+        // Answer before the caller's deadline with exactly what was
+        // committed: rows not reached in time are reported, not left to a
+        // deadline error that would hide the ones already written.
+        let budget = grpc_timeout(req.metadata())
+            .map_or(Duration::from_secs(30), |t| t.saturating_sub(t / 5));
+        let started = Instant::now();
         let rows = req.into_inner().users;
         if rows.len() > MAX_BULK_USERS {
             return Err(Status::invalid_argument(format!(
@@ -258,6 +265,14 @@ impl UserService for UserApi {
         }
         let mut out = pb::BulkCreateUsersResponse::default();
         for (i, row) in rows.into_iter().enumerate() {
+            if started.elapsed() >= budget {
+                out.errors.push(pb::BulkCreateUsersError {
+                    index: i as u32,
+                    error: "not processed: the call's deadline was near; send this row again"
+                        .into(),
+                });
+                continue;
+            }
             match self.0.create_user(&row.username, &row.email).await {
                 Ok(u) => out.created.push(user_pb(u)),
                 Err(crate::error::ServiceError::Unavailable(m)) => {
@@ -348,5 +363,39 @@ impl EventService for EventApi {
         Ok(Response::new(pb::CreateEventResponse {
             event: Some(event_pb(ev)),
         }))
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`,
+/// units H M S m u n).
+fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_parses() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&md), None);
+        md.insert("grpc-timeout", "5000m".parse().unwrap());
+        assert_eq!(grpc_timeout(&md), Some(Duration::from_secs(5)));
+        md.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(grpc_timeout(&md), Some(Duration::from_secs(2)));
+        md.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&md), None);
     }
 }

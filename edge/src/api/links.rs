@@ -1,0 +1,153 @@
+//! Handlers of the URL routes: create (`POST /shorten`, `POST /urls`), the
+//! redirect (`GET /{short_code}`), list, read, update and soft delete.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde_json::Value;
+use shortlink_proto::v1 as pb;
+use shortlink_proto::v1::link_service_client::LinkServiceClient;
+
+use super::input::{JsonBody, ListUrls, query};
+use super::{Call, Outcome, Reply, render};
+
+type Fut<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// What `DELETE /urls/{id}` says, as the original does.
+pub const DELETED_MESSAGE: &str = "URL deleted (soft delete)";
+
+pub fn create<'a>(c: &'a Call<'a>) -> Fut<'a> {
+    Box::pin(async move {
+        let b = JsonBody::parse(c.content_type, &c.body)?;
+        let msg = pb::CreateLinkRequest {
+            original_url: b.string("original_url")?,
+            user_id: b.int("user_id")?,
+            title: b.opt_string("title")?,
+            short_code: b.opt_string("short_code")?,
+        };
+        let (resp, rep) = c
+            .call(false, msg, |ch, r| async move {
+                LinkServiceClient::new(ch).create_link(r).await
+            })
+            .await?;
+        Ok(Reply::json(201, render::url(&resp.link.unwrap_or_default())).served_by(rep))
+    })
+}
+
+/// The body of a 302: `{"location": "<url>"}`, encoded without building a
+/// JSON tree (this is the hot path).
+fn location_body(url: &str) -> Bytes {
+    let mut out = Vec::with_capacity(url.len() + 16);
+    out.extend_from_slice(b"{\"location\":");
+    // Serialising a &str cannot fail.
+    let _ = serde_json::to_writer(&mut out, url);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+pub fn redirect<'a>(c: &'a Call<'a>) -> Fut<'a> {
+    Box::pin(async move {
+        let short_code = c.routed.code.clone().unwrap_or_default();
+        let (resp, rep) = c
+            .call(
+                true,
+                pb::ResolveLinkRequest { short_code },
+                |ch, r| async move { LinkServiceClient::new(ch).resolve_link(r).await },
+            )
+            .await?;
+        let mut r = Reply::raw_json(302, location_body(&resp.original_url));
+        r.click = Some((resp.link_id, resp.user_id));
+        r.headers.push(("location", resp.original_url));
+        r.headers.push(("cache-control", "no-store".into()));
+        Ok(r.served_by(rep))
+    })
+}
+
+pub fn list<'a>(c: &'a Call<'a>) -> Fut<'a> {
+    Box::pin(async move {
+        let q: ListUrls = query(c.query)?;
+        let msg = pb::ListLinksRequest {
+            page: Some(q.paging()?),
+            user_id: q.user_id,
+            is_active: q.is_active,
+        };
+        let (resp, rep) = c
+            .call(true, msg, |ch, r| async move {
+                LinkServiceClient::new(ch).list_links(r).await
+            })
+            .await?;
+        Ok(
+            render::envelope(resp.links.iter().map(render::url).collect(), resp.page)
+                .served_by(rep),
+        )
+    })
+}
+
+pub fn get<'a>(c: &'a Call<'a>) -> Fut<'a> {
+    Box::pin(async move {
+        let (resp, rep) = c
+            .call(
+                true,
+                pb::GetLinkRequest { id: c.id() },
+                |ch, r| async move { LinkServiceClient::new(ch).get_link(r).await },
+            )
+            .await?;
+        Ok(Reply::json(200, render::url(&resp.link.unwrap_or_default())).served_by(rep))
+    })
+}
+
+pub fn update<'a>(c: &'a Call<'a>) -> Fut<'a> {
+    Box::pin(async move {
+        let b = JsonBody::parse(c.content_type, &c.body)?;
+        if b.is_empty() {
+            return Err(Reply::error(
+                400,
+                "nothing to update: give original_url, title or is_active",
+            ));
+        }
+        let msg = pb::UpdateLinkRequest {
+            id: c.id(),
+            original_url: b.opt_string("original_url")?,
+            // `"title": null` clears the title.
+            title: match b.0.get("title") {
+                Some(Value::Null) => Some(String::new()),
+                _ => b.opt_string("title")?,
+            },
+            is_active: b.opt_bool("is_active")?,
+        };
+        let (resp, rep) = c
+            .call(false, msg, |ch, r| async move {
+                LinkServiceClient::new(ch).update_link(r).await
+            })
+            .await?;
+        Ok(Reply::json(200, render::url(&resp.link.unwrap_or_default())).served_by(rep))
+    })
+}
+
+pub fn delete<'a>(c: &'a Call<'a>) -> Fut<'a> {
+    Box::pin(async move {
+        let (resp, rep) = c
+            .call(
+                false,
+                pb::DeleteLinkRequest { id: c.id() },
+                |ch, r| async move { LinkServiceClient::new(ch).delete_link(r).await },
+            )
+            .await?;
+        let mut v = render::url(&resp.link.unwrap_or_default());
+        v["message"] = Value::String(DELETED_MESSAGE.into());
+        Ok(Reply::json(200, v).served_by(rep))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_body_is_valid_json() {
+        let b = location_body("https://example.com/a?\"q\"=\u{e9}");
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["location"], "https://example.com/a?\"q\"=\u{e9}");
+    }
+}
