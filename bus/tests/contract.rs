@@ -317,6 +317,8 @@ impl Tansu {
                 "--storage-engine",
                 &format!("sqlite://{}", self.file.display()),
             ])
+            // tansu resolves the SQLite path against its working directory.
+            .current_dir("/")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -469,6 +469,8 @@ impl Tansu {
                 "--storage-engine",
                 &format!("sqlite://{}", self.file.display()),
             ])
+            // tansu resolves the SQLite path against its working directory.
+            .current_dir("/")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
