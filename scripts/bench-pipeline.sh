@@ -20,7 +20,7 @@ brokers="${KAFKA_TEST_BROKERS:-127.0.0.1:19092}"
 
 log "building release binary and lag probe"
 cargo build --release --locked -p shortlink --bin shortlink
-cargo build --release --locked -p shortlink-runtime --example lag
+cargo build --release --locked -p shortlink-bus --example lag
 out="${CARGO_TARGET_DIR:-target}/release"
 bin="$out/shortlink"
 work=$(mktemp -d /tmp/shortlink-benchpipe.XXXXXX)

@@ -36,8 +36,11 @@ case "${1:-start}" in
     install
     if up; then log "broker already listening on $addr"; exit 0; fi
     log "starting tansu on $addr"
-    nohup "$tansu" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
-      --storage-engine "sqlite://$datafile" >"$tools/tansu-${addr//[:.]/_}.log" 2>&1 &
+    # tansu resolves the SQLite URL's path against its working directory
+    # (sqlite:///a/b.db is ./a/b.db), so it runs from / with an absolute path.
+    db=$(realpath -m "$datafile")
+    (cd / && exec nohup "$tansu" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+      --storage-engine "sqlite://$db") >"$tools/tansu-${addr//[:.]/_}.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 1 50); do up && exit 0; sleep 0.2; done
     die "tansu did not start on $addr (log: $tools/tansu-${addr//[:.]/_}.log)"

@@ -157,29 +157,29 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             shortlink_admin::run(cfg, shutdown).await
         }
         Command::LogPrinter(a) => {
-            let bus_args = a.group.bus.clone();
-            consume("log-printer", &bus_args, |bus, s| {
+            let group = a.group.clone();
+            consume("log-printer", &group, |bus, s| {
                 shortlink_consumers::log_printer::run(a, bus, s)
             })
             .await
         }
         Command::Alerter(a) => {
-            let bus_args = a.group.bus.clone();
-            consume("alerter", &bus_args, |bus, s| {
+            let group = a.group.clone();
+            consume("alerter", &group, |bus, s| {
                 shortlink_consumers::alerter::run(a, bus, s)
             })
             .await
         }
         Command::DashboardIngest(a) => {
-            let bus_args = a.group.bus.clone();
-            consume("dashboard-ingest", &bus_args, |bus, s| {
+            let group = a.group.clone();
+            consume("dashboard-ingest", &group, |bus, s| {
                 shortlink_consumers::dashboard::run(a, bus, s)
             })
             .await
         }
         Command::Analytics(a) => {
-            let bus_args = a.group.bus.clone();
-            consume("analytics", &bus_args, |bus, s| {
+            let group = a.group.clone();
+            consume("analytics", &group, |bus, s| {
                 shortlink_consumers::analytics::run(a, bus, s)
             })
             .await
@@ -208,21 +208,26 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Runs one consumer on its own bus connection until a signal.
+/// Runs one consumer on its own bus connection until a signal, serving its
+/// metrics on `CONSUMER_METRICS_ADDR` when set.
 async fn consume<F, Fut>(
     kind: &str,
-    bus_args: &shortlink_runtime::bus::BusArgs,
+    group: &shortlink_consumers::GroupArgs,
     f: F,
 ) -> anyhow::Result<()>
 where
-    F: FnOnce(std::sync::Arc<dyn shortlink_runtime::bus::EventBus>, Shutdown) -> Fut,
+    F: FnOnce(std::sync::Arc<dyn shortlink_bus::EventBus>, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let bus_args = &group.bus;
     let metrics = shortlink_runtime::metrics::Metrics::new(kind, kind);
-    let bus = shortlink_runtime::bus::connect(bus_args, &metrics)?;
-    let topics = shortlink_runtime::bus::Topics::with_prefix(&bus_args.topic_prefix);
+    let bus = shortlink_bus::connect(bus_args, &metrics)?;
+    let topics = shortlink_bus::Topics::with_prefix(&bus_args.topic_prefix);
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
+    if let Some(addr) = group.metrics_addr {
+        shortlink_consumers::serve_metrics(addr, metrics.clone(), shutdown.clone()).await?;
+    }
     // Subscribe only once the topics exist: a subscription whose topics
     // appear later is rebalanced, which some brokers handle poorly.
     let names = topics.all();
@@ -244,8 +249,8 @@ where
         // Only a shutdown ends an endless retry.
         return Ok(());
     }
-    shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
-    shortlink_runtime::telemetry::publish_logs_to(bus.clone(), topics.logs, kind, kind);
+    shortlink_bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
+    shortlink_bus::publish_logs_to(bus.clone(), topics.logs, kind, kind);
     f(bus, shutdown).await
 }
 
@@ -270,13 +275,14 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
     let shutdown = Shutdown::new();
     // One bus for everything in this process: in-process unless KAFKA_BROKERS.
     let metrics = shortlink_runtime::metrics::Metrics::new("bus", "up");
-    let bus = shortlink_runtime::bus::connect(&links_cfg.bus, &metrics)?;
+    let bus = shortlink_bus::connect(&links_cfg.bus, &metrics)?;
     let alerter = ConsumersFromEnv::try_parse_from(["up"])
         .map_err(|e| ConfigError::new(format!("alerter settings: {e}")))?
         .alerter;
     let group = shortlink_consumers::GroupArgs {
         bus: links_cfg.bus.clone(),
         group: None,
+        metrics_addr: None,
     };
     let data_dir = links_cfg.db.data_dir.clone();
     let app = runtime.block_on(async {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use shortlink_testkit::{TestDb, eventually, free_port, http, require_redis};
 use sqlx::Connection;
-use support::{EdgeProc, Replica, kafka_brokers, spawn_raw, spawn_to_file};
+use support::{EdgeProc, Replica, Tansu, kafka_brokers, spawn_raw, spawn_to_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn prefix() -> String {
@@ -50,11 +50,49 @@ async fn clicks(db: &TestDb, url_id: i64) -> i64 {
 }
 
 fn analytics(links: SocketAddr, brokers: &str, prefix: &str, group: &str) -> support::Proc {
+    analytics_with(links, brokers, prefix, group, &[])
+}
+
+fn analytics_with(
+    links: SocketAddr,
+    brokers: &str,
+    prefix: &str,
+    group: &str,
+    extra: &[(&'static str, String)],
+) -> support::Proc {
     let mut env = bus_env(brokers, prefix);
     env.push(("LINKS_ADDR", links.to_string()));
     env.push(("CONSUMER_GROUP", group.to_owned()));
     env.push(("ANALYTICS_BATCH_WAIT_MS", "200".into()));
+    env.extend_from_slice(extra);
     spawn_raw(&["analytics"], &env)
+}
+
+/// Click events users see through `GET /urls/{id}/events?event_type=click`:
+/// its `total`, or, where the route answers a bare array, the rows of
+/// every page.
+async fn visible_clicks(edge: SocketAddr, id: i64) -> i64 {
+    let mut seen = 0;
+    for page in 1.. {
+        let r = http(
+            edge,
+            "GET",
+            &format!("/urls/{id}/events?event_type=click&per_page=100&page={page}"),
+            &[],
+            b"",
+        )
+        .await
+        .json();
+        if let Some(total) = r["total"].as_i64() {
+            return total;
+        }
+        let n = r.as_array().map_or(0, Vec::len);
+        seen += n as i64;
+        if n < 100 {
+            break;
+        }
+    }
+    seen
 }
 
 #[tokio::test]
@@ -217,38 +255,13 @@ async fn a_restarted_consumer_resumes_from_its_committed_offset_without_loss() {
 #[tokio::test]
 async fn with_the_broker_unreachable_requests_succeed_and_every_event_arrives_after_it_returns() {
     require_redis().await;
-    let tansu = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
-        panic!("TANSU_BIN is not set: run ./scripts/test.sh, or export TANSU_BIN=$(./scripts/kafka.sh path)")
-    });
     // This broker is reached only through a proxy that the test cuts: to its
     // clients the broker is gone (connections dropped, new ones refused)
-    // and comes back with its log intact, as a restarted Kafka broker
-    // does. (tansu's only storage in this build is memory, so restarting
-    // its process would also erase the log.)
+    // and comes back with its log intact.
     let listen = format!("127.0.0.1:{}", free_port());
     let proxy = shortlink_testkit::Proxy::start(&listen).await;
     let advertised = proxy.addr.to_string();
-    let _broker = support::Proc(
-        std::process::Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://{listen}"),
-                "--advertised-listener-url",
-                &format!("tcp://{advertised}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start tansu"),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), async || {
-            tokio::net::TcpStream::connect(&listen).await.is_ok()
-        })
-        .await
-    );
+    let _broker = Tansu::start_advertising(&listen, &advertised).await;
     let prefix = prefix();
     let db = TestDb::new().await;
     let replica = Replica::start(&links_env(&db, &advertised, &prefix)).await;
@@ -297,6 +310,166 @@ async fn with_the_broker_unreachable_requests_succeed_and_every_event_arrives_af
         "after the broker returned: {} clicks of 30",
         clicks(&db, id).await
     );
+    let (_, m) = shortlink_testkit::http_get(edge.metrics, "/metrics").await;
+    assert!(
+        !m.contains("shortlink_bus_events_dropped_total{"),
+        "nothing dropped:\n{m}"
+    );
+}
+
+/// Clicks produced in large record batches (thousands of events per batch,
+/// as Apache Kafka clients batch), consumed by analytics in batches of 50
+/// and committed after each: analytics is killed (SIGKILL) in the middle,
+/// so its group resumes at an offset inside a record batch. Every click is
+/// recorded exactly once as users see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_batch_resumes_without_loss_or_visible_duplicates() {
+    require_redis().await;
+    let (brokers, prefix) = (kafka_brokers(), prefix());
+    let db = TestDb::new().await;
+    let replica = Replica::start(&links_env(&db, &brokers, &prefix)).await;
+    let edge = EdgeProc::start(&[replica.grpc], &edge_env(&brokers, &prefix)).await;
+    let (id, code) = support::user_and_link(edge.http, "midbatch").await;
+    let user_id = http(edge.http, "GET", &format!("/urls/{id}"), &[], b"")
+        .await
+        .json()["user_id"]
+        .as_i64()
+        .unwrap();
+
+    // The producer: the bus with its defaults (large batches).
+    let metrics = shortlink_runtime::metrics::Metrics::new("test", "t");
+    let bus = shortlink_bus::connect(
+        &shortlink_bus::BusArgs {
+            kafka_brokers: Some(brokers.clone()),
+            topic_prefix: prefix.clone(),
+            topic_partitions: 2,
+            ..shortlink_bus::BusArgs::default()
+        },
+        &metrics,
+    )
+    .unwrap();
+    let topics = shortlink_bus::Topics::with_prefix(&prefix);
+    bus.ensure_topics(&topics.all()).await.unwrap();
+    let n = 10_000;
+    for i in 0..n {
+        let ev = shortlink_proto::events::LinkEvent {
+            schema_version: 1,
+            time: chrono::Utc::now().to_rfc3339(),
+            kind: "click".into(),
+            link_id: id,
+            user_id,
+            short_code: code.clone(),
+            request_id: format!("mid-{i}"),
+            source: "test".into(),
+            ..Default::default()
+        };
+        bus.publish(&topics.links, Some(&id.to_string()), ev.into());
+    }
+    bus.flush(Duration::from_secs(30));
+    assert_eq!(bus.pending(), 0, "every click acknowledged");
+    let batches_metric = || {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("shortlink_bus_producer_batches_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(20), async || batches_metric() > 0.0).await,
+        "no producer statistics"
+    );
+    assert!(
+        batches_metric() * 20.0 <= f64::from(n),
+        "{n} clicks in {} record batches: expected at least 20 per batch",
+        batches_metric()
+    );
+
+    let group = format!("a-{prefix}");
+    let small = [("ANALYTICS_BATCH_MAX", "50".to_owned())];
+    let mut consumer = analytics_with(replica.grpc, &brokers, &prefix, &group, &small);
+    // Killed as soon as it has recorded a few batches (polled closely, so
+    // that most of the clicks are still ahead of it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while clicks(&db, id).await < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "analytics made no progress: {} clicks",
+            clicks(&db, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumer.signal("KILL");
+    let _ = consumer.wait_exit(Duration::from_secs(10)).await;
+    let at_kill = clicks(&db, id).await;
+    assert!(at_kill < i64::from(n), "killed before the end ({at_kill})");
+
+    let _consumer = analytics_with(replica.grpc, &brokers, &prefix, &group, &small);
+    assert!(
+        eventually(Duration::from_secs(90), async || clicks(&db, id).await
+            == i64::from(n))
+        .await,
+        "after restart: {} clicks of {n}",
+        clicks(&db, id).await
+    );
+    assert_eq!(visible_clicks(edge.http, id).await, i64::from(n));
+    // Nothing more arrives later (no duplicate still in flight).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(clicks(&db, id).await, i64::from(n));
+    assert_eq!(visible_clicks(edge.http, id).await, i64::from(n));
+}
+
+/// The broker is killed (SIGKILL) and restarted on the same SQLite file:
+/// events it acknowledged before, events queued while it was down and the
+/// consumer group's committed offsets all survive; every click is counted
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_no_acknowledged_event() {
+    require_redis().await;
+    let mut tansu = Tansu::start().await;
+    let (brokers, prefix) = (tansu.listen.clone(), prefix());
+    let db = TestDb::new().await;
+    let replica = Replica::start(&links_env(&db, &brokers, &prefix)).await;
+    let edge = EdgeProc::start(&[replica.grpc], &edge_env(&brokers, &prefix)).await;
+    let group = format!("a-{prefix}");
+    let mut consumer = analytics(replica.grpc, &brokers, &prefix, &group);
+    let (id, code) = support::user_and_link(edge.http, "brokerrestart").await;
+    support::redirect_n(edge.http, &code, 20).await;
+    assert!(
+        eventually(Duration::from_secs(30), async || clicks(&db, id).await
+            == 20)
+        .await
+    );
+    // Consumer down; 30 more clicks, acknowledged by the broker.
+    consumer.signal("KILL");
+    let _ = consumer.wait_exit(Duration::from_secs(10)).await;
+    support::redirect_n(edge.http, &code, 30).await;
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            edge.metric("shortlink_bus_events_pending").await == 0.0
+                && edge
+                    .metric("shortlink_bus_events_delivered_total{result=\"ok\"")
+                    .await
+                    >= edge.metric("shortlink_bus_events_published_total").await
+        })
+        .await,
+        "the edge's events were not all acknowledged"
+    );
+
+    tansu.kill();
+    // While the broker is down: requests succeed, their events wait.
+    support::redirect_n(edge.http, &code, 10).await;
+    tansu.run().await;
+
+    let _consumer = analytics(replica.grpc, &brokers, &prefix, &group);
+    assert!(
+        eventually(Duration::from_secs(90), async || clicks(&db, id).await
+            == 60)
+        .await,
+        "after the broker restart: {} clicks of 60",
+        clicks(&db, id).await
+    );
+    assert_eq!(visible_clicks(edge.http, id).await, 60);
     let (_, m) = shortlink_testkit::http_get(edge.metrics, "/metrics").await;
     assert!(
         !m.contains("shortlink_bus_events_dropped_total{"),
@@ -414,24 +587,24 @@ async fn alerter_throttles_to_one_message_a_second_summarises_and_honours_429() 
     support::wait_http_ok(&mut alerter, alerter_http, "/live").await;
 
     let metrics = shortlink_runtime::metrics::Metrics::new("test", "t");
-    let bus = shortlink_runtime::bus::connect(
-        &shortlink_runtime::bus::BusArgs {
+    let bus = shortlink_bus::connect(
+        &shortlink_bus::BusArgs {
             kafka_brokers: Some(brokers.clone()),
             topic_prefix: prefix.clone(),
             topic_partitions: 1,
-            producer_batch: 1,
             producer_queue: 10_000,
+            ..shortlink_bus::BusArgs::default()
         },
         &metrics,
     )
     .unwrap();
-    bus.ensure_topics(&shortlink_runtime::bus::Topics::with_prefix(&prefix).all())
+    bus.ensure_topics(&shortlink_bus::Topics::with_prefix(&prefix).all())
         .await
         .unwrap();
 
     // One alert: sent alone; the 429 is honoured and the same body re-sent.
     let (t, p) = server_error(&prefix, 0);
-    bus.publish(&t, None, p);
+    bus.publish(&t, None, p.into());
     bus.flush(Duration::from_secs(5));
     assert!(
         eventually(Duration::from_secs(30), async || hook
@@ -464,7 +637,7 @@ async fn alerter_throttles_to_one_message_a_second_summarises_and_honours_429() 
     // A burst of 25: batched and deduplicated, at most one message a second.
     for i in 1..=25 {
         let (t, p) = server_error(&prefix, i);
-        bus.publish(&t, None, p);
+        bus.publish(&t, None, p.into());
     }
     bus.flush(Duration::from_secs(5));
     let burst_start = Instant::now();

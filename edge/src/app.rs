@@ -48,7 +48,7 @@ pub fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
 /// instead of the one the configuration names.
 pub fn run_with_bus(
     cfg: EdgeConfig,
-    bus: Option<Arc<dyn shortlink_runtime::bus::EventBus>>,
+    bus: Option<Arc<dyn shortlink_bus::EventBus>>,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
     let edge_id = cfg.id();
@@ -62,19 +62,14 @@ pub fn run_with_bus(
     let metrics = EdgeMetrics::new(registry.clone());
 
     let defaults = cfg.default_limits();
-    let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
+    let topics = shortlink_bus::Topics::with_prefix(&cfg.bus.topic_prefix);
     let bus = match bus {
         Some(b) => b,
-        None => shortlink_runtime::bus::connect(&cfg.bus, &registry)?,
+        None => shortlink_bus::connect(&cfg.bus, &registry)?,
     };
     let (upstreams, guard) = rt.block_on(async {
-        shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
-        shortlink_runtime::telemetry::publish_logs_to(
-            bus.clone(),
-            topics.logs.clone(),
-            "edge",
-            &edge_id,
-        );
+        shortlink_bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
+        shortlink_bus::publish_logs_to(bus.clone(), topics.logs.clone(), "edge", &edge_id);
         let upstreams = Upstreams::new(&cfg.upstreams, cfg.balance(), &registry)?;
         // One round of checks before listening, so that replicas that are up
         // take traffic from the first request (matters after an upgrade).

@@ -166,7 +166,7 @@ pub struct EdgeConfig {
     pub h2_max_header_list_bytes: u32,
 
     #[command(flatten)]
-    pub bus: shortlink_runtime::bus::BusArgs,
+    pub bus: shortlink_bus::BusArgs,
 
     /// Worker threads of the proxy.
     #[arg(long, env = "EDGE_THREADS", default_value_t = 2)]

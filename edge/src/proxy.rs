@@ -91,8 +91,8 @@ impl ProxySettings {
 
 /// Where the edge publishes request and click events.
 pub struct EdgeEvents {
-    pub bus: Arc<dyn shortlink_runtime::bus::EventBus>,
-    pub topics: shortlink_runtime::bus::Topics,
+    pub bus: Arc<dyn shortlink_bus::EventBus>,
+    pub topics: shortlink_bus::Topics,
 }
 
 /// The edge.
@@ -335,12 +335,10 @@ impl Edge {
             client_request_id: ctx.client_request_id.clone().unwrap_or_default(),
         };
         let key = link_id.to_string();
-        shortlink_runtime::bus::publish_json(
-            self.events.bus.as_ref(),
-            &self.events.topics.links,
-            Some(&key),
-            &ev,
-        );
+        // Typed: the bus serialises off this thread (or never, in process).
+        self.events
+            .bus
+            .publish(&self.events.topics.links, Some(&key), ev.into());
     }
 }
 
@@ -551,11 +549,10 @@ impl ProxyHttp for Edge {
             },
             client_request_id: ctx.client_request_id.clone().unwrap_or_default(),
         };
-        shortlink_runtime::bus::publish_json(
-            self.events.bus.as_ref(),
+        self.events.bus.publish(
             &self.events.topics.requests,
             Some(&ctx.request_id),
-            &ev,
+            ev.into(),
         );
         let client_request_id = ctx.client_request_id.as_deref().unwrap_or("");
         if let Some(e) = e {

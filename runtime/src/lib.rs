@@ -3,10 +3,11 @@
 //! shutdown, the HTTP side port (`/live`, `/ready`, `/health`, `/metrics`),
 //! request ids, the gRPC observability layer, the one retry/backoff helper
 //! and secret redaction. Components build on this crate instead of copying
-//! these pieces.
+//! these pieces. Subsystems that only some components use live in crates
+//! of their own (the event bus: `shortlink-bus`; bans and limits:
+//! `shortlink-abuse`), so a component links only what it uses.
 
 pub mod breaker;
-pub mod bus;
 pub mod config;
 pub mod grpc_layer;
 pub mod metrics;

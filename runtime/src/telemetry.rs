@@ -125,33 +125,40 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
     Ok(TelemetryGuard { provider })
 }
 
-/// Where WARN-and-above log events are published, once a bus exists.
-struct LogSink {
-    bus: std::sync::Arc<dyn crate::bus::EventBus>,
-    topic: String,
+/// Where WARN-and-above log events go once the process has somewhere to
+/// send them (the event bus: `shortlink_bus::publish_logs_to`). The
+/// runtime only builds the `LogEvent`; it does not know the bus, so a
+/// component that has no bus (admin) links no Kafka client.
+pub trait LogSink: Send + Sync + 'static {
+    /// Whether events of this `tracing` target are published at all. A
+    /// sink refuses its own targets (and its client library's), whose
+    /// complaints would otherwise loop while its backend is away.
+    fn accepts(&self, target: &str) -> bool;
+    /// Publishes one event. Called on the thread that logged: must not
+    /// block and must not log at WARN or above itself.
+    fn publish(&self, event: shortlink_proto::events::LogEvent);
+}
+
+struct InstalledSink {
+    sink: Box<dyn LogSink>,
     service: String,
     instance: String,
 }
 
-static LOG_SINK: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
+static LOG_SINK: std::sync::OnceLock<InstalledSink> = std::sync::OnceLock::new();
 
-/// Publishes every WARN/ERROR log line of this process as a `LogEvent` on
-/// `topic`. Call once, after the bus is built.
-pub fn publish_logs_to(
-    bus: std::sync::Arc<dyn crate::bus::EventBus>,
-    topic: String,
-    service: &str,
-    instance: &str,
-) {
-    let _ = LOG_SINK.set(LogSink {
-        bus,
-        topic,
+/// Sends every WARN/ERROR log line of this process to `sink` as a
+/// `LogEvent` of `service`/`instance`. The first call wins (a process has
+/// one sink); later calls are ignored.
+pub fn set_log_sink(sink: Box<dyn LogSink>, service: &str, instance: &str) {
+    let _ = LOG_SINK.set(InstalledSink {
+        sink,
         service: service.to_owned(),
         instance: instance.to_owned(),
     });
 }
 
-/// The tracing layer behind `publish_logs_to`.
+/// The tracing layer behind `set_log_sink`.
 struct LogEventLayer;
 
 #[derive(Default)]
@@ -220,13 +227,7 @@ where
         }
         let Some(sink) = LOG_SINK.get() else { return };
         let target = event.metadata().target();
-        // The bus's own complaints would loop while the broker is away, and
-        // the alerter's webhook failures would alert about themselves.
-        if target.starts_with("shortlink_runtime::bus")
-            || target.starts_with("shortlink_consumers::alerter")
-            || target.starts_with("rdkafka")
-            || target.starts_with("librdkafka")
-        {
+        if !sink.sink.accepts(target) {
             return;
         }
         let mut f = Fields::default();
@@ -257,6 +258,6 @@ where
             request_id: f.request_id,
             target: target.to_owned(),
         };
-        crate::bus::publish_json(sink.bus.as_ref(), &sink.topic, None, &ev);
+        sink.sink.publish(ev);
     }
 }

@@ -417,3 +417,88 @@ pub async fn redirect_n(edge: SocketAddr, code: &str, n: usize) {
         assert_eq!(r.status, 302, "{r:?}");
     }
 }
+
+/// A tansu broker of a test's own (`TANSU_BIN`), on its own port and
+/// SQLite file, for tests that kill or cut the broker. Killed and its file
+/// removed when dropped.
+pub struct Tansu {
+    bin: String,
+    /// Where it listens.
+    pub listen: String,
+    /// What it tells clients to connect to (a proxy in front, or `listen`).
+    pub advertised: String,
+    file: PathBuf,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub async fn start() -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        Self::start_advertising(&listen, &listen).await
+    }
+
+    /// Listens on `listen` and advertises `advertised`.
+    pub async fn start_advertising(listen: &str, advertised: &str) -> Self {
+        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+            panic!("TANSU_BIN is not set: run ./scripts/test.sh, or export TANSU_BIN=$(./scripts/kafka.sh path)")
+        });
+        let file = std::env::temp_dir().join(format!(
+            "tansu-test-{}.db",
+            shortlink_testkit::random_suffix()
+        ));
+        let mut t = Self {
+            bin,
+            listen: listen.to_owned(),
+            advertised: advertised.to_owned(),
+            file,
+            child: None,
+        };
+        t.run().await;
+        t
+    }
+
+    /// Starts the broker process (again) on the same port and file.
+    pub async fn run(&mut self) {
+        let child = Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{}", self.listen),
+                "--advertised-listener-url",
+                &format!("tcp://{}", self.advertised),
+                "--storage-engine",
+                &format!("sqlite://{}", self.file.display()),
+            ])
+            // tansu resolves the SQLite path against its working directory.
+            .current_dir("/")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&self.listen).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("tansu did not listen on {}", self.listen);
+    }
+
+    /// SIGKILL: the broker dies without a chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+        for ext in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", self.file.display()));
+        }
+    }
+}

@@ -20,8 +20,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
+use shortlink_bus::{Delivery, EventBus, Topics};
 use shortlink_proto::events::{LogEvent, RequestEvent};
-use shortlink_runtime::bus::{Delivery, EventBus, Topics};
 use shortlink_runtime::retry::{Backoff, Verdict, retry};
 use shortlink_runtime::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
@@ -77,7 +77,7 @@ fn color(level: Level) -> u32 {
 /// The alert an event calls for, if any.
 pub fn alert_for(topics: &Topics, d: &Delivery) -> Option<Alert> {
     if d.topic == topics.requests {
-        let e: RequestEvent = serde_json::from_slice(&d.payload).ok()?;
+        let e: RequestEvent = d.decode().ok()?;
         if e.status < 500 {
             return None;
         }
@@ -104,7 +104,7 @@ pub fn alert_for(topics: &Topics, d: &Delivery) -> Option<Alert> {
             time: e.time,
         })
     } else if d.topic == topics.logs {
-        let e: LogEvent = serde_json::from_slice(&d.payload).ok()?;
+        let e: LogEvent = d.decode().ok()?;
         let level = Level::parse(&e.level)?;
         if level < Level::Error {
             return None;

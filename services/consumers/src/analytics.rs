@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use shortlink_bus::{EventBus, Topics};
 use shortlink_proto::events::LinkEvent;
 use shortlink_proto::v1 as pb;
 use shortlink_proto::v1::event_service_client::EventServiceClient;
-use shortlink_runtime::bus::{EventBus, Topics};
 use shortlink_runtime::shutdown::Shutdown;
 use tonic::transport::Endpoint;
 
@@ -53,7 +53,7 @@ pub async fn run(
     {
         let clicks: Vec<pb::Click> = batch
             .iter()
-            .filter_map(|d| serde_json::from_slice::<LinkEvent>(&d.payload).ok())
+            .filter_map(|d| d.decode::<LinkEvent>().ok())
             .filter(|e| e.kind == "click" && !e.request_id.is_empty() && e.link_id > 0)
             .map(|e| pb::Click {
                 url_id: e.link_id,

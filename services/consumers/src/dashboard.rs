@@ -14,8 +14,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Query, State};
 use serde_json::{Value, json};
+use shortlink_bus::{EventBus, Topics};
 use shortlink_proto::events::RequestEvent;
-use shortlink_runtime::bus::{EventBus, Topics};
 use shortlink_runtime::shutdown::Shutdown;
 use sqlx::AnyPool;
 
@@ -231,7 +231,7 @@ pub async fn run(
         {
             let mut r = ring.0.lock().unwrap_or_else(|p| p.into_inner());
             for d in &batch {
-                let Ok(v) = serde_json::from_slice::<Value>(&d.payload) else {
+                let Ok(v) = d.decode::<Value>() else {
                     continue;
                 };
                 r.push_back(json!({"topic": d.topic, "event": v}));
@@ -239,7 +239,7 @@ pub async fn run(
                     r.pop_front();
                 }
                 if d.topic == topics.requests
-                    && let Ok(e) = serde_json::from_slice::<RequestEvent>(&d.payload)
+                    && let Ok(e) = d.decode::<RequestEvent>()
                     && !e.request_id.is_empty()
                 {
                     requests.push(e);

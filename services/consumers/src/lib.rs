@@ -18,7 +18,7 @@ pub mod log_printer;
 
 use std::time::Duration;
 
-use shortlink_runtime::bus::{BusArgs, Delivery, Subscription};
+use shortlink_bus::{BusArgs, Delivery, Subscription};
 use shortlink_runtime::retry::{Backoff, Verdict, retry, sleep_unless};
 use shortlink_runtime::shutdown::Shutdown;
 
@@ -30,6 +30,11 @@ pub struct GroupArgs {
     /// Consumer group (default: shortlink-<consumer>).
     #[arg(long, env = "CONSUMER_GROUP")]
     pub group: Option<String>,
+    /// Where to serve `/metrics` (the bus's metrics: events published and
+    /// dropped, queue depth, this group's lag per topic and partition) and
+    /// `/live`. Unset: no metrics listener.
+    #[arg(long = "metrics-addr", env = "CONSUMER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl GroupArgs {
@@ -91,6 +96,31 @@ pub async fn serve_http(
             .await;
     });
     Ok(())
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `/live` on `addr` until
+/// shutdown: `CONSUMER_METRICS_ADDR`.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: std::sync::Arc<shortlink_runtime::metrics::Metrics>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    serve_http(addr, "CONSUMER_METRICS_ADDR", router, shutdown).await
 }
 
 /// Collects a batch: waits for a first event (or shutdown), then takes what

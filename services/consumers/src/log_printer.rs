@@ -5,8 +5,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use shortlink_bus::{Delivery, EventBus, Topics};
 use shortlink_proto::events::{LinkEvent, LogEvent, RequestEvent};
-use shortlink_runtime::bus::{Delivery, EventBus, Topics};
 use shortlink_runtime::config::ConfigError;
 use shortlink_runtime::shutdown::Shutdown;
 
@@ -28,7 +28,7 @@ pub struct LogPrinterArgs {
 /// Formats one event; `None` when it is below `min` or unreadable.
 pub fn format_event(topics: &Topics, d: &Delivery, json_lines: bool, min: Level) -> Option<String> {
     let (level, text, value): (Level, String, Value) = if d.topic == topics.requests {
-        let e: RequestEvent = serde_json::from_slice(&d.payload).ok()?;
+        let e: RequestEvent = d.decode().ok()?;
         let level = match e.status {
             500.. => Level::Error,
             400..=499 => Level::Warn,
@@ -48,14 +48,14 @@ pub fn format_event(topics: &Topics, d: &Delivery, json_lines: bool, min: Level)
         );
         (level, text, serde_json::to_value(&e).ok()?)
     } else if d.topic == topics.links {
-        let e: LinkEvent = serde_json::from_slice(&d.payload).ok()?;
+        let e: LinkEvent = d.decode().ok()?;
         let text = format!(
             "{} INFO  link {} {} id={} rid={}",
             e.time, e.kind, e.short_code, e.link_id, e.request_id
         );
         (Level::Info, text, serde_json::to_value(&e).ok()?)
     } else if d.topic == topics.logs {
-        let e: LogEvent = serde_json::from_slice(&d.payload).ok()?;
+        let e: LogEvent = d.decode().ok()?;
         let level = Level::parse(&e.level).unwrap_or(Level::Warn);
         let text = format!(
             "{} {:<5} {}/{} {} rid={}",

@@ -209,7 +209,7 @@ impl App {
     /// in-process bus) instead of the one the configuration names.
     pub async fn build_with_bus(
         cfg: LinksConfig,
-        bus: Option<Arc<dyn shortlink_runtime::bus::EventBus>>,
+        bus: Option<Arc<dyn shortlink_bus::EventBus>>,
     ) -> anyhow::Result<Self> {
         cfg.validate()?;
         let store_cfg = cfg.db.store_config()?;
@@ -234,20 +234,15 @@ impl App {
         let metrics = Metrics::new("links", &instance);
         let bus = match bus {
             Some(b) => b,
-            None => shortlink_runtime::bus::connect(&cfg.bus, &metrics)?,
+            None => shortlink_bus::connect(&cfg.bus, &metrics)?,
         };
-        let topics = shortlink_runtime::bus::Topics::with_prefix(&cfg.bus.topic_prefix);
+        let topics = shortlink_bus::Topics::with_prefix(&cfg.bus.topic_prefix);
         // Stops with the app: when `run_until_stopped` is done, or when the
         // app is dropped without running (a signal nobody fires would leave
         // the task, and the bus it holds, alive for the life of the process).
         let background = Shutdown::new();
-        shortlink_runtime::bus::keep_topics(bus.clone(), topics.all(), background.clone());
-        shortlink_runtime::telemetry::publish_logs_to(
-            bus.clone(),
-            topics.logs.clone(),
-            "links",
-            &instance,
-        );
+        shortlink_bus::keep_topics(bus.clone(), topics.all(), background.clone());
+        shortlink_bus::publish_logs_to(bus.clone(), topics.logs.clone(), "links", &instance);
         let sink = crate::service::EventSink {
             bus,
             topic: topics.links.clone(),

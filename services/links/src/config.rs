@@ -86,7 +86,7 @@ pub struct LinksConfig {
     pub db: DatabaseArgs,
 
     #[command(flatten)]
-    pub bus: shortlink_runtime::bus::BusArgs,
+    pub bus: shortlink_bus::BusArgs,
 
     /// Redis URL for the resolution cache (redis://127.0.0.1:6379). Unset:
     /// an in-process cache.

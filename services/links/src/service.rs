@@ -59,7 +59,7 @@ struct CoreMetrics {
 /// Where link events (created, updated, deleted) are published.
 #[derive(Clone)]
 pub struct EventSink {
-    pub bus: Arc<dyn shortlink_runtime::bus::EventBus>,
+    pub bus: Arc<dyn shortlink_bus::EventBus>,
     pub topic: String,
     pub source: String,
 }
@@ -276,7 +276,7 @@ impl LinksCore {
             ..Default::default()
         };
         let key = link.id.to_string();
-        shortlink_runtime::bus::publish_json(sink.bus.as_ref(), &sink.topic, Some(&key), &ev);
+        sink.bus.publish(&sink.topic, Some(&key), ev.into());
     }
 
     /// Creates a link; see `CreateLinkRequest` for the rules.

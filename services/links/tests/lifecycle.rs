@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shortlink_links::App;
-use shortlink_runtime::bus::BusArgs;
+use shortlink_bus::BusArgs;
 use shortlink_runtime::metrics::Metrics;
 use shortlink_runtime::shutdown::Shutdown;
 
@@ -28,9 +28,9 @@ async fn stopping_the_app_stops_its_background_tasks() {
     // The global log sink keeps the first bus it is given for the life of
     // the process; give it another one, so that after the app stops this
     // test holds the only reference to `bus`.
-    let decoy = shortlink_runtime::bus::connect(&args, &decoy_metrics).unwrap();
-    shortlink_runtime::telemetry::publish_logs_to(decoy, "logs".into(), "links", "decoy");
-    let bus = shortlink_runtime::bus::connect(&args, &metrics).unwrap();
+    let decoy = shortlink_bus::connect(&args, &decoy_metrics).unwrap();
+    shortlink_bus::publish_logs_to(decoy, "logs".into(), "links", "decoy");
+    let bus = shortlink_bus::connect(&args, &metrics).unwrap();
 
     let app = App::build_with_bus(common::base_config(None, None), Some(bus.clone()))
         .await

@@ -2,7 +2,7 @@
 //! for each group, the sum over the topics' partitions of (high watermark -
 //! committed offset). Prints one JSON line per sample.
 //!
-//! `cargo run --release -p shortlink-runtime --example lag -- BROKERS PREFIX GROUP...`
+//! `cargo run --release -p shortlink-bus --example lag -- BROKERS PREFIX GROUP...`
 
 use std::time::Duration;
 
