@@ -555,7 +555,11 @@ impl Truth {
         } else {
             url.to_owned()
         };
-        Self(sqlx::AnyPool::connect(&url).await.expect("ground-truth pool"))
+        Self(
+            sqlx::AnyPool::connect(&url)
+                .await
+                .expect("ground-truth pool"),
+        )
     }
 
     async fn ids(&self, sql: &'static str) -> Vec<i64> {
@@ -621,8 +625,7 @@ async fn assert_totals_exact(s: &dyn LinkStore, truth: &Truth, when: &str) -> us
         .map(Some)
         .collect();
     url_ids.extend([None, Some(987_655)]);
-    let mut types: Vec<Option<String>> =
-        truth.event_types().await.into_iter().map(Some).collect();
+    let mut types: Vec<Option<String>> = truth.event_types().await.into_iter().map(Some).collect();
     types.extend([None, Some("never_seen".into())]);
 
     for user_id in &user_ids {
@@ -722,9 +725,15 @@ async fn totals_contract(s: Arc<dyn LinkStore>, truth: Truth) {
     .unwrap();
     check("after updates").await;
 
-    s.deactivate_link(links[0].id, "user_requested").await.unwrap();
-    s.deactivate_link(links[0].id, "user_requested").await.unwrap();
-    s.deactivate_link(links[3].id, "user_requested").await.unwrap();
+    s.deactivate_link(links[0].id, "user_requested")
+        .await
+        .unwrap();
+    s.deactivate_link(links[0].id, "user_requested")
+        .await
+        .unwrap();
+    s.deactivate_link(links[3].id, "user_requested")
+        .await
+        .unwrap();
     check("after deletes").await;
 
     let t = Utc.with_ymd_and_hms(2025, 3, 4, 5, 6, 7).unwrap();
@@ -822,7 +831,10 @@ async fn totals_contract(s: Arc<dyn LinkStore>, truth: Truth) {
     let eve = s.create_user(&new_user("eve")).await.unwrap();
     s.delete_user(eve.id).await.unwrap();
     // dan owns no links but is referenced by an event: refused, no change.
-    assert!(matches!(s.delete_user(dan).await, Err(StoreError::InUse(_))));
+    assert!(matches!(
+        s.delete_user(dan).await,
+        Err(StoreError::InUse(_))
+    ));
     let checked = check("after user deletes").await;
     assert!(checked > 500, "{checked} combinations");
 
@@ -1061,12 +1073,12 @@ async fn migration_backfills_totals_on_populated_postgres() {
         pg_cfg(&db),
         "migrations/postgres",
         "INSERT INTO users (username, email, created_at) \
-             SELECT 'u' || g, 'u' || g || '@example.com', now() FROM generate_series(1, 12) g; \
+             SELECT 'u' || g, 'u' || g || '@example.com', now() FROM generate_series(1, 8) g; \
          INSERT INTO urls (user_id, short_code, original_url, is_active, created_at, updated_at) \
-             SELECT 1 + g % 10, 'c' || g, 'https://example.com/' || g, g % 4 <> 0, now(), now() \
-             FROM generate_series(1, 40) g; \
+             SELECT 1 + g % 6, 'c' || g, 'https://example.com/' || g, g % 4 <> 0, now(), now() \
+             FROM generate_series(1, 24) g; \
          INSERT INTO events (url_id, user_id, event_type, timestamp, details) \
-             SELECT 1 + g % 40, 1 + g % 11, (ARRAY['created', 'click', 'updated', 'deleted'])[1 + g % 4], \
+             SELECT 1 + g % 24, 1 + g % 7, (ARRAY['created', 'click', 'updated', 'deleted'])[1 + g % 4], \
                     now(), '{}' FROM generate_series(1, 300) g;",
     )
     .await;
@@ -1077,16 +1089,16 @@ async fn migration_backfills_totals_on_populated_sqlite() {
     migration_on_populated_database(
         sqlite_cfg(),
         "migrations/sqlite",
-        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 12) \
+        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 8) \
          INSERT INTO users (username, email, created_at) \
              SELECT 'u' || x, 'u' || x || '@example.com', '2025-01-01T00:00:00Z' FROM g; \
-         WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 40) \
+         WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 24) \
          INSERT INTO urls (user_id, short_code, original_url, is_active, created_at, updated_at) \
-             SELECT 1 + x % 10, 'c' || x, 'https://example.com/' || x, x % 4 <> 0, \
+             SELECT 1 + x % 6, 'c' || x, 'https://example.com/' || x, x % 4 <> 0, \
                     '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z' FROM g; \
          WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 300) \
          INSERT INTO events (url_id, user_id, event_type, timestamp, details) \
-             SELECT 1 + x % 40, 1 + x % 11, \
+             SELECT 1 + x % 24, 1 + x % 7, \
                     CASE x % 4 WHEN 0 THEN 'created' WHEN 1 THEN 'click' WHEN 2 THEN 'updated' ELSE 'deleted' END, \
                     '2025-01-01T00:00:00Z', '{}' FROM g;",
     )
