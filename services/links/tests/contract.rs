@@ -985,6 +985,24 @@ async fn totals_come_from_counts(s: Arc<dyn LinkStore>, truth: &Truth) {
         .await;
     let (_, skewed) = s.list_links(&all, Page::new(1, 1)).await.unwrap();
     assert_eq!(skewed, 1001, "total must come from list_counts");
+
+    // The skip bound: with 2,001,001 rows claimed, a page that starts
+    // within them but skips more than Page::MAX_SKIP rows is refused; the
+    // last allowed offset runs; a page past the end answers empty at once.
+    truth
+        .exec("UPDATE list_counts SET n = n + 2000000 WHERE list = 'urls' AND user_id = 0 AND facet = 'active'")
+        .await;
+    let at_bound = Page::new(10_001, 100);
+    assert_eq!(at_bound.offset(), Page::MAX_SKIP);
+    let (rows, total) = s.list_links(&all, at_bound).await.unwrap();
+    assert_eq!((rows.len(), total), (0, 2_001_001));
+    let too_deep = s.list_links(&all, Page::new(10_002, 100)).await;
+    assert!(
+        matches!(too_deep, Err(StoreError::PageTooDeep)),
+        "{too_deep:?}"
+    );
+    let (rows, total) = s.list_links(&all, Page::new(30_000, 100)).await.unwrap();
+    assert_eq!((rows.len(), total), (0, 2_001_001));
 }
 
 #[tokio::test]

@@ -51,6 +51,9 @@ pub enum StoreError {
     /// The row is still referenced (a user that owns links).
     #[error("{0}")]
     InUse(String),
+    /// A listing page would skip more than `Page::MAX_SKIP` matching rows.
+    #[error("page too deep")]
+    PageTooDeep,
     /// The database cannot be reached or is shutting down.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),

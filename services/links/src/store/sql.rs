@@ -183,6 +183,9 @@ macro_rules! sql_store {
                     // Past the end: the exact total says so without a scan.
                     return Ok((Vec::new(), total));
                 }
+                if page.offset() > Page::MAX_SKIP {
+                    return Err(StoreError::PageTooDeep);
+                }
                 // Deferred join: the page's ids come from an index-only scan
                 // of the index that serves the filter, so skipping `offset`
                 // rows reads index entries, not table rows; then only the
@@ -305,6 +308,9 @@ macro_rules! sql_store {
                 if page.offset() >= total {
                     return Ok((Vec::new(), total));
                 }
+                if page.offset() > Page::MAX_SKIP {
+                    return Err(StoreError::PageTooDeep);
+                }
                 let rows = sqlx::query_as(concat!(
                     "SELECT ", user_cols!(), " FROM users WHERE id IN \
                      (SELECT id FROM users ORDER BY id LIMIT $1 OFFSET $2) ORDER BY id"
@@ -426,6 +432,9 @@ macro_rules! sql_store {
                 };
                 if page.offset() >= total {
                     return Ok((Vec::new(), total));
+                }
+                if page.offset() > Page::MAX_SKIP {
+                    return Err(StoreError::PageTooDeep);
                 }
                 // Deferred join, as in `list_links`.
                 let mut q = filtered(
