@@ -1,5 +1,5 @@
 # The task runner: the same entry points people and CI use.
-.PHONY: up test fmt lint bench bench-edge bench-limits bench-pipeline
+.PHONY: up test fmt lint bench bench-edge bench-limits bench-pipeline bench-scale
 up:      ## run the whole system on the embedded default
 	./scripts/up.sh
 test:    ## the whole test suite (what CI runs)
@@ -18,3 +18,5 @@ bench-limits:    ## cost of shared (Redis) rate limiting on the redirect path
 	./scripts/bench-edge.sh 64 10 limits
 bench-pipeline:  ## k6 gold tier with the event pipeline and consumer lag
 	./scripts/bench-pipeline.sh
+bench-scale:     ## endpoint p50/p99 on the seed set vs 10M links / 50M events (wrk)
+	./scripts/bench-scale.sh

@@ -123,6 +123,35 @@ fn is_unreachable(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Folds list-count deltas every `every` until shutdown (D48). Failures
+/// (the database is down) cost nothing but slower totals later, so they are
+/// logged once per outage, not once per round.
+async fn compact_list_counts(store: Arc<dyn LinkStore>, every: Duration, shutdown: Shutdown) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.wait() => return,
+        }
+        match store.compact_list_counts().await {
+            Ok(n) => {
+                if failing {
+                    tracing::info!("list-count folding works again");
+                    failing = false;
+                }
+                if n > 0 {
+                    tracing::debug!(folded = n, "list-count deltas folded");
+                }
+            }
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot fold list-count deltas; totals stay exact, reading them gets slower until this recovers");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Readiness and health of a links replica.
 struct LinksHealth {
     core: Arc<LinksCore>,
@@ -183,6 +212,7 @@ pub struct App {
     http: TcpListener,
     instance: String,
     health_interval: Duration,
+    compact_interval: Option<Duration>,
     delay: Duration,
     grace: Duration,
     /// Fires the signal of the app's background tasks (topic keeper) when
@@ -270,6 +300,8 @@ impl App {
             http,
             instance,
             health_interval: Duration::from_millis(cfg.health_interval_ms.max(100)),
+            compact_interval: (cfg.counts_compact_interval_ms > 0)
+                .then(|| Duration::from_millis(cfg.counts_compact_interval_ms.max(100))),
             delay: Duration::from_millis(cfg.shutdown_delay_ms),
             grace: Duration::from_secs(cfg.shutdown_grace_s),
             background: background.drop_guard(),
@@ -358,6 +390,14 @@ impl App {
                 }
             })
         };
+
+        if let Some(every) = self.compact_interval {
+            tokio::spawn(compact_list_counts(
+                self.core.store().clone(),
+                every,
+                shutdown.clone(),
+            ));
+        }
 
         let layer = ObservabilityLayer::new(RpcMetrics::new(&self.metrics), rpc_paths());
         // Servers stop `delay` after the signal; health says NOT_SERVING at once.

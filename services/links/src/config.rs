@@ -131,6 +131,11 @@ pub struct LinksConfig {
     /// to grpc.health.v1, in milliseconds.
     #[arg(long, env = "HEALTH_INTERVAL_MS", default_value_t = 1000)]
     pub health_interval_ms: u64,
+    /// How often pending list-count deltas are folded into the totals, in
+    /// milliseconds (PostgreSQL; totals are exact either way, folding keeps
+    /// reading them cheap). 0 turns folding off on this replica.
+    #[arg(long, env = "COUNTS_COMPACT_INTERVAL_MS", default_value_t = 1000)]
+    pub counts_compact_interval_ms: u64,
     /// After a shutdown signal, keep serving this long while health reports
     /// NOT_SERVING, so balancers stop sending before the listener closes (ms).
     #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 1000)]

@@ -57,6 +57,11 @@ impl From<StoreError> for ServiceError {
                 ServiceError::AlreadyExists(format!("{field} is already taken"))
             }
             StoreError::InUse(m) => ServiceError::FailedPrecondition(m),
+            StoreError::PageTooDeep => ServiceError::InvalidArgument(format!(
+                "page too deep: a listing skips at most {} matching rows ((page - 1) * per_page); \
+                 narrow the filters",
+                crate::model::Page::MAX_SKIP
+            )),
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database call failed");
                 ServiceError::Unavailable(
@@ -112,5 +117,12 @@ mod tests {
                 "only the database outage carries the typed detail"
             );
         }
+    }
+
+    #[test]
+    fn a_page_too_deep_is_the_callers_error_and_names_the_bound() {
+        let s: Status = ServiceError::from(StoreError::PageTooDeep).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("1000000"), "{}", s.message());
     }
 }

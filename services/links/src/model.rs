@@ -124,6 +124,12 @@ impl Page {
     pub const DEFAULT_PER_PAGE: u32 = 20;
     /// Largest page size; larger requests are clamped.
     pub const MAX_PER_PAGE: u32 = 100;
+    /// Most matching rows a listing skips to reach its page. Skipping
+    /// reads index entries (see `store::sql`), so its cost grows with the
+    /// offset; past this bound a page is refused instead of running for
+    /// seconds (docs/API.md, D48). Pages that start past the end are not
+    /// affected: they answer at once with no rows.
+    pub const MAX_SKIP: i64 = 1_000_000;
 
     /// Applies the defaults and the clamp.
     pub fn new(page: u32, per_page: u32) -> Self {

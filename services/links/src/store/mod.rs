@@ -2,6 +2,10 @@
 //! share their SQL: PostgreSQL (production) and SQLite (the embedded
 //! default). Every change to a link writes its event in the same
 //! transaction.
+//!
+//! List totals (`total` of every listing) are never a `COUNT(*)` over a
+//! table: triggers keep per-scope counts in `list_counts` exact in the
+//! writing transaction (migration `0003_list_counts.sql`, decision D48).
 
 mod sql;
 
@@ -47,6 +51,9 @@ pub enum StoreError {
     /// The row is still referenced (a user that owns links).
     #[error("{0}")]
     InUse(String),
+    /// A listing page would skip more than `Page::MAX_SKIP` matching rows.
+    #[error("page too deep")]
+    PageTooDeep,
     /// The database cannot be reached or is shutting down.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -133,6 +140,12 @@ pub trait LinkStore: Send + Sync + 'static {
     async fn record_clicks(&self, clicks: &[NewClick]) -> Result<ClickCounts, StoreError>;
     /// Clicks recorded for a link.
     async fn click_count(&self, url_id: i64) -> Result<i64, StoreError>;
+
+    /// Folds the count deltas that writes appended into the list totals
+    /// (PostgreSQL; SQLite keeps its totals folded already) and returns how
+    /// many delta rows it folded. Totals are exact with or without it; it
+    /// keeps reading them cheap. Safe to call from every replica at once.
+    async fn compact_list_counts(&self) -> Result<u64, StoreError>;
 
     /// Inserts rows with their own ids, skipping any whose id (or unique
     /// value) is already present, in one transaction; then moves id

@@ -37,8 +37,9 @@ macro_rules! event_cols {
         "id, url_id, user_id, event_type, timestamp, details"
     };
 }
-const LINK_COLS: &str = link_cols!();
-const EVENT_COLS: &str = event_cols!();
+/// Clicks per multi-row INSERT in `record_clicks` (6 bound values a row,
+/// well inside SQLite's 32,766 and PostgreSQL's 65,535 parameters).
+const CLICK_CHUNK: usize = 500;
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -176,27 +177,33 @@ macro_rules! sql_store {
             }
 
             async fn list_links(&self, filter: &LinkFilter, page: Page) -> Result<(Vec<Link>, i64), StoreError> {
-                fn filtered(head: &str, f: &LinkFilter) -> sqlx::QueryBuilder<$db> {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(head);
-                    q.push(" WHERE 1 = 1");
-                    if let Some(u) = f.user_id {
-                        q.push(" AND user_id = ").push_bind(u);
-                    }
-                    if let Some(a) = f.is_active {
-                        q.push(" AND is_active = ").push_bind(a);
-                    }
-                    q
+                let facet = filter.is_active.map(|a| if a { "active" } else { "inactive" });
+                let total = self.list_total("urls", filter.user_id.unwrap_or(0), 0, facet).await?;
+                if page.offset() >= total {
+                    // Past the end: the exact total says so without a scan.
+                    return Ok((Vec::new(), total));
                 }
-                let total: i64 = filtered("SELECT COUNT(*) FROM urls", filter)
-                    .build_query_scalar()
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(classify)?;
-                let mut q = filtered(&format!("SELECT {LINK_COLS} FROM urls"), filter);
+                if page.offset() > Page::MAX_SKIP {
+                    return Err(StoreError::PageTooDeep);
+                }
+                // Deferred join: the page's ids come from an index-only scan
+                // of the index that serves the filter, so skipping `offset`
+                // rows reads index entries, not table rows; then only the
+                // page's rows are fetched.
+                let mut q = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "SELECT ", link_cols!(), " FROM urls WHERE id IN (SELECT id FROM urls WHERE 1 = 1"
+                ));
+                if let Some(u) = filter.user_id {
+                    q.push(" AND user_id = ").push_bind(u);
+                }
+                if let Some(a) = filter.is_active {
+                    q.push(" AND is_active = ").push_bind(a);
+                }
                 q.push(" ORDER BY id LIMIT ")
                     .push_bind(page.limit())
                     .push(" OFFSET ")
-                    .push_bind(page.offset());
+                    .push_bind(page.offset())
+                    .push(") ORDER BY id");
                 let rows = q.build_query_as::<Link>().fetch_all(&self.pool).await.map_err(classify)?;
                 Ok((rows, total))
             }
@@ -297,12 +304,16 @@ macro_rules! sql_store {
             }
 
             async fn list_users(&self, page: Page) -> Result<(Vec<User>, i64), StoreError> {
-                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(classify)?;
+                let total = self.list_total("users", 0, 0, None).await?;
+                if page.offset() >= total {
+                    return Ok((Vec::new(), total));
+                }
+                if page.offset() > Page::MAX_SKIP {
+                    return Err(StoreError::PageTooDeep);
+                }
                 let rows = sqlx::query_as(concat!(
-                    "SELECT ", user_cols!(), " FROM users ORDER BY id LIMIT $1 OFFSET $2"
+                    "SELECT ", user_cols!(), " FROM users WHERE id IN \
+                     (SELECT id FROM users ORDER BY id LIMIT $1 OFFSET $2) ORDER BY id"
                 ))
                 .bind(page.limit())
                 .bind(page.offset())
@@ -336,17 +347,15 @@ macro_rules! sql_store {
             }
 
             async fn delete_user(&self, id: i64) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                let links: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM urls WHERE user_id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(classify)?;
+                let links = self.list_total("urls", id, 0, None).await?;
                 if links > 0 {
                     return Err(StoreError::InUse(format!(
                         "user owns {links} links; delete or reassign them first"
                     )));
                 }
+                // A link created for this user after the count above makes
+                // the DELETE fail on the foreign key: answered as InUse too.
+                let mut tx = self.begin_write().await?;
                 let res = sqlx::query("DELETE FROM users WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
@@ -402,57 +411,113 @@ macro_rules! sql_store {
                     }
                     q
                 }
-                let total: i64 = filtered("SELECT COUNT(*) FROM events", filter)
-                    .build_query_scalar()
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(classify)?;
-                let mut q = filtered(&format!("SELECT {EVENT_COLS} FROM events"), filter);
+                let total = match (filter.url_id, filter.user_id) {
+                    // No counter per (link, user): counted from the index on
+                    // url_id, so the cost is bounded by that one link's
+                    // events, never by the table (docs/API.md).
+                    (Some(_), Some(_)) => filtered("SELECT COUNT(*) FROM events", filter)
+                        .build_query_scalar::<i64>()
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(classify)?,
+                    (url, user) => {
+                        self.list_total(
+                            "events",
+                            user.unwrap_or(0),
+                            url.unwrap_or(0),
+                            filter.event_type.as_deref(),
+                        )
+                        .await?
+                    }
+                };
+                if page.offset() >= total {
+                    return Ok((Vec::new(), total));
+                }
+                if page.offset() > Page::MAX_SKIP {
+                    return Err(StoreError::PageTooDeep);
+                }
+                // Deferred join, as in `list_links`.
+                let mut q = filtered(
+                    concat!("SELECT ", event_cols!(), " FROM events WHERE id IN (SELECT id FROM events"),
+                    filter,
+                );
                 q.push(" ORDER BY id LIMIT ")
                     .push_bind(page.limit())
                     .push(" OFFSET ")
-                    .push_bind(page.offset());
+                    .push_bind(page.offset())
+                    .push(") ORDER BY id");
                 let rows = q.build_query_as::<EventRow>().fetch_all(&self.pool).await.map_err(classify)?;
                 Ok((rows.into_iter().map(Event::from).collect(), total))
             }
 
             async fn record_clicks(&self, clicks: &[NewClick]) -> Result<ClickCounts, StoreError> {
+                use std::collections::{BTreeMap, BTreeSet};
                 let mut counts = ClickCounts::default();
-                let mut per_link: std::collections::BTreeMap<i64, (i64, chrono::DateTime<chrono::Utc>)> = Default::default();
-                let mut tx = self.begin_write().await?;
-                for c in clicks {
-                    let known: Option<(i64,)> = sqlx::query_as(
-                        "SELECT u.id FROM urls u, users s WHERE u.id = $1 AND s.id = $2",
-                    )
-                    .bind(c.url_id)
-                    .bind(c.user_id)
-                        .fetch_optional(&mut *tx)
+                if clicks.is_empty() {
+                    return Ok(counts);
+                }
+                // Statements are built per batch size, so they are not kept
+                // prepared (`persistent(false)`): varying sizes would churn
+                // the connection's statement cache.
+                async fn existing(
+                    tx: &mut sqlx::Transaction<'static, $db>,
+                    table: &str,
+                    ids: &BTreeSet<i64>,
+                ) -> Result<BTreeSet<i64>, StoreError> {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT id FROM ");
+                    q.push(table).push(" WHERE id IN (");
+                    let mut list = q.separated(", ");
+                    for id in ids {
+                        list.push_bind(*id);
+                    }
+                    q.push(")");
+                    let found: Vec<i64> = q
+                        .build_query_scalar()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
                         .await
                         .map_err(classify)?;
-                    if known.is_none() {
-                        counts.unknown_links += 1;
-                        continue;
-                    }
-                    let inserted = sqlx::query(
-                        "INSERT INTO events (url_id, user_id, event_type, timestamp, details, dedupe_key) \
-                         VALUES ($1, $2, 'click', $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING",
-                    )
-                    .bind(c.url_id)
-                    .bind(c.user_id)
-                    .bind(c.at)
-                    .bind(Json(&c.details))
-                    .bind(format!("click:{}", c.request_id))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?
-                    .rows_affected();
-                    if inserted == 1 {
-                        counts.recorded += 1;
-                        let e = per_link.entry(c.url_id).or_insert((0, c.at));
+                    Ok(found.into_iter().collect())
+                }
+                let mut tx = self.begin_write().await?;
+                let url_ids: BTreeSet<i64> = clicks.iter().map(|c| c.url_id).collect();
+                let user_ids: BTreeSet<i64> = clicks.iter().map(|c| c.user_id).collect();
+                let urls = existing(&mut tx, "urls", &url_ids).await?;
+                let users = existing(&mut tx, "users", &user_ids).await?;
+                let known: Vec<&NewClick> = clicks
+                    .iter()
+                    .filter(|c| urls.contains(&c.url_id) && users.contains(&c.user_id))
+                    .collect();
+                counts.unknown_links = (clicks.len() - known.len()) as u32;
+                // One INSERT per chunk; ON CONFLICT skips request ids already
+                // recorded (also a repeat inside the batch), and RETURNING
+                // names exactly the rows inserted.
+                let mut per_link: BTreeMap<i64, (i64, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
+                for chunk in known.chunks(CLICK_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO events (url_id, user_id, event_type, timestamp, details, dedupe_key) ",
+                    );
+                    q.push_values(chunk, |mut row, c| {
+                        row.push_bind(c.url_id)
+                            .push_bind(c.user_id)
+                            .push_bind("click")
+                            .push_bind(c.at)
+                            .push_bind(Json(&c.details))
+                            .push_bind(format!("click:{}", c.request_id));
+                    });
+                    q.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING url_id, timestamp");
+                    let inserted: Vec<(i64, chrono::DateTime<chrono::Utc>)> = q
+                        .build_query_as()
+                        .persistent(false)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    counts.recorded += inserted.len() as u32;
+                    counts.duplicates += (chunk.len() - inserted.len()) as u32;
+                    for (url_id, at) in inserted {
+                        let e = per_link.entry(url_id).or_insert((0, at));
                         e.0 += 1;
-                        e.1 = e.1.max(c.at);
-                    } else {
-                        counts.duplicates += 1;
+                        e.1 = e.1.max(at);
                     }
                 }
                 for (url_id, (n, last)) in per_link {
@@ -479,6 +544,10 @@ macro_rules! sql_store {
                     .await
                     .map_err(classify)?;
                 Ok(n.map_or(0, |r| r.0))
+            }
+
+            async fn compact_list_counts(&self) -> Result<u64, StoreError> {
+                self.compact_counts().await
             }
 
             async fn import(&self, users: &[User], links: &[Link], events: &[Event]) -> Result<ImportCounts, StoreError> {
@@ -534,6 +603,45 @@ macro_rules! sql_store {
                 Self::advance_sequences(&mut tx).await?;
                 tx.commit().await.map_err(classify)?;
                 Ok(counts)
+            }
+        }
+
+        impl $store {
+            /// The exact number of rows of `list` in a scope (0 = any user
+            /// or link), of one facet or of all: the sum of the folded
+            /// counts and of the deltas not folded yet, read in one
+            /// statement so a concurrent fold is seen entirely or not at all.
+            async fn list_total(
+                &self,
+                list: &str,
+                user_id: i64,
+                url_id: i64,
+                facet: Option<&str>,
+            ) -> Result<i64, StoreError> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM (",
+                );
+                for (i, table) in ["list_counts", "list_count_deltas"].into_iter().enumerate() {
+                    if i > 0 {
+                        q.push(" UNION ALL ");
+                    }
+                    q.push("SELECT n FROM ")
+                        .push(table)
+                        .push(" WHERE list = ")
+                        .push_bind(list.to_owned())
+                        .push(" AND user_id = ")
+                        .push_bind(user_id)
+                        .push(" AND url_id = ")
+                        .push_bind(url_id);
+                    if let Some(f) = facet {
+                        q.push(" AND facet = ").push_bind(f.to_owned());
+                    }
+                }
+                q.push(") c");
+                q.build_query_scalar()
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(classify)
             }
         }
 
@@ -614,6 +722,50 @@ impl PgStore {
         self.pool.begin().await.map_err(classify)
     }
 
+    /// Folds pending count deltas into `list_counts`, at most
+    /// `COMPACT_BATCH` a round, until none are left. Replicas take turns
+    /// through a transaction-scoped advisory lock (a replica that finds it
+    /// taken skips the round); the fold moves rows in one statement, so a
+    /// reader sees every delta either still pending or already folded.
+    async fn compact_counts(&self) -> Result<u64, StoreError> {
+        /// Advisory lock key of the fold ("links" + "list counts").
+        const COMPACT_LOCK: i64 = 0x6c69_6e6b_735f_6c63;
+        const COMPACT_BATCH: i64 = 50_000;
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.pool.begin().await.map_err(classify)?;
+            let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(COMPACT_LOCK)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+            if !mine {
+                return Ok(total);
+            }
+            let moved: i64 = sqlx::query_scalar(
+                "WITH moved AS ( \
+                     DELETE FROM list_count_deltas WHERE ctid = ANY(ARRAY( \
+                         SELECT ctid FROM list_count_deltas LIMIT $1)) \
+                     RETURNING list, user_id, url_id, facet, n), \
+                 folded AS ( \
+                     INSERT INTO list_counts AS c (list, user_id, url_id, facet, n) \
+                     SELECT list, user_id, url_id, facet, CAST(SUM(n) AS BIGINT) FROM moved \
+                     GROUP BY list, user_id, url_id, facet \
+                     ON CONFLICT (list, user_id, url_id, facet) DO UPDATE SET n = c.n + EXCLUDED.n) \
+                 SELECT COUNT(*) FROM moved",
+            )
+            .bind(COMPACT_BATCH)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+            tx.commit().await.map_err(classify)?;
+            total += moved as u64;
+            if moved < COMPACT_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
     async fn advance_sequences(
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     ) -> Result<(), StoreError> {
@@ -658,6 +810,11 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify)
+    }
+
+    /// Nothing to fold: SQLite's triggers update `list_counts` in place.
+    async fn compact_counts(&self) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     async fn advance_sequences(
