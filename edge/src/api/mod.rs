@@ -7,6 +7,8 @@
 //! - `render`: the JSON shapes of the contract;
 //! - `links`, `users`, `events`: one handler per route and method;
 //! - `bulk`: the streaming CSV upload of `POST /users/bulk`;
+//! - `openapi`: the contract (`docs/openapi.yaml`) served at
+//!   `GET /openapi.json`;
 //! - this module: the reply type, the per-request context handlers get,
 //!   and the one call-the-replica-and-map-errors helper they all use.
 
@@ -18,6 +20,7 @@ mod bulk;
 mod events;
 pub mod input;
 mod links;
+pub mod openapi;
 pub mod render;
 pub mod routes;
 mod users;
