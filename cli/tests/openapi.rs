@@ -188,7 +188,10 @@ async fn schemathesis_finds_no_server_error_and_no_contract_violation() {
         .into_iter()
         .chain(error_lines(&links_log))
         .collect();
-    let _ = (std::fs::remove_file(&edge_log), std::fs::remove_file(&links_log));
+    let _ = (
+        std::fs::remove_file(&edge_log),
+        std::fs::remove_file(&links_log),
+    );
     assert!(
         out.status.success(),
         "schemathesis found contract violations ({}):\n{stdout}\n{stderr}",
@@ -237,7 +240,11 @@ async fn extreme_numbers_in_details_round_trip_through_postgres() {
     )
     .await
     .json();
-    for n in ["1.7976931348623157e308", "-1.7976931348623157e308", "5e-324"] {
+    for n in [
+        "1.7976931348623157e308",
+        "-1.7976931348623157e308",
+        "5e-324",
+    ] {
         let body = format!(
             "{{\"url_id\": {}, \"user_id\": {}, \"event_type\": \"big\", \"details\": {{\"n\": {n}, \"a\": [{n}]}}}}",
             l["id"], u["id"]
@@ -270,6 +277,9 @@ async fn extreme_numbers_in_details_round_trip_through_postgres() {
         .into_iter()
         .chain(error_lines(&links_log))
         .collect();
-    let _ = (std::fs::remove_file(&edge_log), std::fs::remove_file(&links_log));
+    let _ = (
+        std::fs::remove_file(&edge_log),
+        std::fs::remove_file(&links_log),
+    );
     assert!(errors.is_empty(), "ERROR log lines: {errors:#?}");
 }

@@ -44,9 +44,15 @@ mod tests {
     #[test]
     fn served_json_is_the_yaml_document() {
         let doc = served();
-        assert_eq!(doc, source(), "the served JSON differs from docs/openapi.yaml");
+        assert_eq!(
+            doc,
+            source(),
+            "the served JSON differs from docs/openapi.yaml"
+        );
         assert!(
-            doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")),
+            doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1.")),
             "an OpenAPI 3.1 document"
         );
         let r = reply();
@@ -101,7 +107,10 @@ mod tests {
         match v.get("$ref").and_then(Value::as_str) {
             Some(r) => {
                 let ptr = r.strip_prefix('#').expect("only local references");
-                deref(doc, doc.pointer(ptr).unwrap_or_else(|| panic!("{r} resolves")))
+                deref(
+                    doc,
+                    doc.pointer(ptr).unwrap_or_else(|| panic!("{r} resolves")),
+                )
             }
             None => v,
         }
@@ -118,7 +127,11 @@ mod tests {
                 .all(|b| has_error_field(doc, b));
         }
         if let Some(all) = s.get("allOf") {
-            return all.as_array().unwrap().iter().any(|b| has_error_field(doc, b));
+            return all
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| has_error_field(doc, b));
         }
         s["properties"]["error"].is_object()
     }
