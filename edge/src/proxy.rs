@@ -168,6 +168,7 @@ impl Edge {
                 r.content_type = "text/plain; version=0.0.4";
                 r
             }
+            Local::OpenApi => api::openapi::reply(),
             Local::Health => {
                 let store = self.guard.store();
                 let status = if healthy == total && store.redis_up() {

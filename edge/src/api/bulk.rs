@@ -349,19 +349,33 @@ async fn stopped(
     r
 }
 
+/// Every user row of an upload with its row number, as pass 1 reads them
+/// (for the tests and the fuzz target; the handler streams instead).
+#[cfg(test)]
+pub(crate) async fn parse_rows(
+    content_type: &str,
+    body: &Bytes,
+) -> Result<Vec<(usize, pb::CreateUserRequest)>, Reply> {
+    let mut rows = Rows::new(Source::open(content_type, body).await?);
+    let mut out = Vec::new();
+    while rows.advance().await? {
+        if let Some(u) = rows.user()? {
+            out.push((rows.row, u));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     async fn users(ct: &str, body: &[u8]) -> Result<Vec<(usize, String, String)>, Reply> {
-        let mut rows = Rows::new(Source::open(ct, &Bytes::copy_from_slice(body)).await?);
-        let mut out = Vec::new();
-        while rows.advance().await? {
-            if let Some(u) = rows.user()? {
-                out.push((rows.row, u.username, u.email));
-            }
-        }
-        Ok(out)
+        let rows = parse_rows(ct, &Bytes::copy_from_slice(body)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(n, u)| (n, u.username, u.email))
+            .collect())
     }
 
     #[tokio::test]

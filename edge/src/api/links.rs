@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::Value;
 use shortlink_proto::v1 as pb;
 use shortlink_proto::v1::link_service_client::LinkServiceClient;
@@ -53,6 +54,22 @@ fn location_body(url: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// Bytes a `Location` value never carries as they are.
+const NOT_IN_A_URI: &AsciiSet = &CONTROLS.add(b' ');
+
+/// The `Location` header of a redirect: the stored URL with every
+/// non-ASCII byte (and any control or space) percent-encoded, turning an
+/// IRI into the URI that `Location` must be (RFC 9110 §10.2.2, RFC 3987
+/// §3.1), as the original's redirect did. Plain ASCII URLs, nearly all of
+/// them, pass through without a copy.
+fn location_header(url: String) -> String {
+    if url.bytes().all(|b| b.is_ascii_graphic()) {
+        url
+    } else {
+        utf8_percent_encode(&url, NOT_IN_A_URI).to_string()
+    }
+}
+
 pub fn redirect<'a>(c: &'a Call<'a>) -> Fut<'a> {
     Box::pin(async move {
         let short_code = c.routed.code.as_deref().unwrap_or_default();
@@ -74,7 +91,8 @@ pub fn redirect<'a>(c: &'a Call<'a>) -> Fut<'a> {
             } => {
                 let mut r = Reply::raw_json(302, location_body(&url));
                 r.click = Some((link_id, user_id));
-                r.headers.push(("location", url.to_string()));
+                r.headers
+                    .push(("location", location_header(url.to_string())));
                 r.headers.push(("cache-control", "no-store".into()));
                 r
             }
@@ -211,6 +229,17 @@ pub fn delete<'a>(c: &'a Call<'a>) -> Fut<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn location_header_is_ascii() {
+        let plain = "https://example.com/a?b=%C3%A9#c".to_owned();
+        assert_eq!(location_header(plain.clone()), plain);
+        // Found by schemathesis: a stored IRI went out as raw UTF-8 bytes.
+        assert_eq!(
+            location_header("https://b\u{fc}cher.example/\u{e9}t\u{e9} x".into()),
+            "https://b%C3%BCcher.example/%C3%A9t%C3%A9%20x"
+        );
+    }
 
     #[test]
     fn location_body_is_valid_json() {

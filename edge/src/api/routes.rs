@@ -25,6 +25,7 @@ pub enum Route {
     Live,
     Ready,
     Metrics,
+    OpenApi,
     Redirect,
     NotFound,
 }
@@ -46,6 +47,7 @@ impl Route {
             Route::Live => "/live",
             Route::Ready => "/ready",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Redirect => "/{short_code}",
             Route::NotFound => "unmatched",
         }
@@ -76,6 +78,9 @@ pub enum Local {
     Live,
     Ready,
     Metrics,
+    /// The API contract (`docs/openapi.yaml` as JSON); rate limited like
+    /// the API, since it is not a health path.
+    OpenApi,
 }
 
 /// How a route and method are answered.
@@ -141,6 +146,7 @@ pub static ROUTES: &[RouteDef] = &[
     local(Route::Live, Method::GET, Local::Live),
     local(Route::Ready, Method::GET, Local::Ready),
     local(Route::Metrics, Method::GET, Local::Metrics),
+    local(Route::OpenApi, Method::GET, Local::OpenApi),
     api(Route::Redirect, Method::GET, links::redirect),
 ];
 
@@ -193,6 +199,7 @@ pub fn route(path: &str) -> Routed {
         ("live", None, None) => plain(Route::Live),
         ("ready", None, None) => plain(Route::Ready),
         ("metrics", None, None) => plain(Route::Metrics),
+        ("openapi.json", None, None) => plain(Route::OpenApi),
         (code, None, None) if !code.is_empty() && code.len() <= MAX_CODE_SEGMENT => Routed {
             route: Route::Redirect,
             id: None,
@@ -252,6 +259,7 @@ mod tests {
         assert_eq!(route("/urls/12/").route, Route::NotFound);
         assert_eq!(route("/users/3/urls").route, Route::UserUrls);
         assert_eq!(route("/users/bulk").route, Route::UsersBulk);
+        assert_eq!(route("/openapi.json").route, Route::OpenApi);
         assert_eq!(route("/Ab12Cd").code.as_deref(), Some("Ab12Cd"));
         assert_eq!(route("/").route, Route::NotFound);
         assert_eq!(route("").route, Route::NotFound);
@@ -278,6 +286,7 @@ mod tests {
             Route::Live,
             Route::Ready,
             Route::Metrics,
+            Route::OpenApi,
             Route::Redirect,
         ] {
             assert!(

@@ -36,18 +36,43 @@ pub fn original_url(raw: &str) -> Result<String, ServiceError> {
         .or_else(|| lower.strip_prefix("https://"))
         .ok_or_else(|| invalid("original_url must be an http:// or https:// URL"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit('@').next().unwrap_or("");
-    let host = if host_port.starts_with('[') {
-        host_port
-            .split(']')
-            .next()
-            .map(|h| h.trim_start_matches('['))
-    } else {
-        host_port.split(':').next()
-    }
-    .unwrap_or("");
+    let (userinfo, host_port) = authority.rsplit_once('@').unwrap_or(("", authority));
+    // Brackets only around an IPv6 literal, and a port only of digits:
+    // clients cannot even parse anything else (Python's urlsplit raises on
+    // a lone `[`, urllib3 on a port like `0*`), so a redirect to it could
+    // never be followed.
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(lit) => {
+            let Some((addr, after)) = lit
+                .split_once(']')
+                .filter(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok())
+            else {
+                return Err(invalid("original_url has an invalid IPv6 host"));
+            };
+            (
+                addr,
+                after
+                    .strip_prefix(':')
+                    .or(Some(after).filter(|a| !a.is_empty())),
+            )
+        }
+        None => match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
     if host.is_empty() {
         return Err(invalid("original_url must have a host"));
+    }
+    if userinfo.contains(['[', ']']) || host.contains(['[', ']']) {
+        return Err(invalid("original_url has an invalid host"));
+    }
+    if let Some(p) = port
+        && (p.len() > 5
+            || !p.bytes().all(|b| b.is_ascii_digit())
+            || p.parse::<u32>().is_ok_and(|n| n > 65535))
+    {
+        return Err(invalid("original_url has an invalid port"));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
@@ -192,6 +217,9 @@ mod tests {
         assert!(original_url("https://example.com").is_ok());
         assert!(original_url("http://a.b/c?d#e").is_ok());
         assert!(original_url("http://[::1]:8080/x").is_ok());
+        assert!(original_url("http://[::1]/x").is_ok());
+        assert!(original_url("http://u:p@x.io:65535").is_ok());
+        assert!(original_url("http://x.io:/").is_ok());
         assert_eq!(original_url("  https://x.io/a ").unwrap(), "https://x.io/a");
         for bad in [
             "",
@@ -201,6 +229,17 @@ mod tests {
             "example.com",
             "javascript:alert(1)",
             "http://a b.com",
+            // Found by schemathesis: accepted, then unparseable for the
+            // clients that follow the redirect.
+            "http://a[b.com/",
+            "http://[nope/x",
+            "http://[::1/x",
+            "http://[::1]x/",
+            "http://u[@x.io/",
+            "http://x.io:0*/",
+            "http://x.io:123456/",
+            "http://x.io:65536/",
+            "http://x.io:8a/",
         ] {
             assert!(original_url(bad).is_err(), "{bad}");
         }

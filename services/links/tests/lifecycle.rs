@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use shortlink_links::App;
 use shortlink_bus::BusArgs;
+use shortlink_links::App;
 use shortlink_runtime::metrics::Metrics;
 use shortlink_runtime::shutdown::Shutdown;
 
