@@ -659,6 +659,7 @@ fn fuzz_handlers_end_to_end() {
                 body: Bytes::from(body),
                 request_id: "fuzz",
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                cache: None,
             };
             let r = rt.block_on(dispatch(f, &call));
             let what = format!("{m} {p}");
