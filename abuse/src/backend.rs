@@ -64,8 +64,11 @@ pub trait AbuseBackend: Send + Sync + std::fmt::Debug {
     async fn remove_ban(&self, key: &str) -> Res<()>;
 
     /// Counts one strike of `key` in a window that starts at its first
-    /// strike and lasts `window`; returns the count.
-    async fn strike(&self, key: &str, window: Duration) -> Res<u32>;
+    /// strike and lasts `window`; returns the count. A count that reaches
+    /// `ban_at` (or passes it: the threshold may have been lowered) resets
+    /// the counter in the same atomic step, so across every process exactly
+    /// one caller sees each crossing and issues one ban.
+    async fn strike(&self, key: &str, window: Duration, ban_at: u32) -> Res<u32>;
     async fn strikes(&self, key: &str) -> Res<u32>;
     async fn clear_strikes(&self, key: &str) -> Res<()>;
     /// Counts one more temporary ban of `key` (remembered for 30 days after

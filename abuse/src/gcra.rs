@@ -9,6 +9,13 @@
 //! instead of two, which is what makes the shared version one small
 //! script. A client whose TAT has passed holds a full budget and is
 //! forgotten.
+//!
+//! The TAT is stored with the interval and tolerance it was computed
+//! under. When limits change, the budget is carried over as a token bucket
+//! would carry it: the tokens left stay (capped at the new burst) and
+//! refill at the new rate. Without this, a TAT far in the future computed
+//! under a slow rate would keep a client refused long after an operator
+//! raised the limits.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -20,8 +27,26 @@ use crate::model::{Limits, Take};
 #[derive(Debug)]
 pub struct LocalBuckets {
     base: Instant,
-    /// Key → TAT in seconds since `base`.
-    tats: Mutex<BoundedMap<String, f64>>,
+    /// Key → TAT in seconds since `base`, and the (interval, tau) it was
+    /// computed under.
+    tats: Mutex<BoundedMap<String, (f64, (f64, f64))>>,
+}
+
+/// A TAT computed under `(old_interval, old_tau)`, carried over to
+/// `(interval, tau)`: the requests already spent stay spent, less the
+/// room a smaller burst takes away (a token bucket's `min(tokens, burst)`).
+pub(crate) fn rescale(
+    tat: f64,
+    now: f64,
+    (old_interval, old_tau): (f64, f64),
+    (interval, tau): (f64, f64),
+) -> f64 {
+    if old_interval == interval && old_tau == tau {
+        return tat;
+    }
+    let used = (tat - now).max(0.0) / old_interval;
+    let used = (used + tau / interval - old_tau / old_interval).max(0.0);
+    now + used * interval
 }
 
 /// One GCRA step for a client whose stored TAT is `tat` (None: unknown),
@@ -72,11 +97,21 @@ impl LocalBuckets {
         let interval = 1.0 / limits.rps;
         let tau = limits.burst * interval;
         let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
-        let (take, new_tat) = step(tats.get(key).copied(), now, interval, tau);
-        if let Some(t) = new_tat {
-            // Full budgets are stale; among the rest, the fullest go first.
-            *tats.get_or_insert_with(key, || t, |tat| *tat <= now, |tat| OrdF64(*tat)) = t;
-        }
+        let tat = tats
+            .get(key)
+            .map(|(tat, params)| rescale(*tat, now, *params, (interval, tau)));
+        let (take, new_tat) = step(tat, now, interval, tau);
+        let entry = match new_tat {
+            Some(t) => (t, (interval, tau)),
+            // Refused: nothing spent, but keep the rescaled TAT so that the
+            // next step starts from it.
+            None => match tat {
+                Some(t) if tats.get(key).is_some() => (t, (interval, tau)),
+                _ => return take,
+            },
+        };
+        // Full budgets are stale; among the rest, the fullest go first.
+        *tats.get_or_insert_with(key, || entry, |e| e.0 <= now, |e| OrdF64(e.0)) = entry;
         take
     }
 
@@ -86,7 +121,7 @@ impl LocalBuckets {
         self.tats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, tat| *tat > now);
+            .retain(|_, e| e.0 > now);
     }
 
     /// Clients currently tracked.
@@ -146,6 +181,48 @@ mod tests {
         // Slow rates give long but finite waits.
         let (t, _) = step(Some(100.0 + 2000.0), 100.0, 1000.0, 1000.0);
         assert_eq!(t.retry_after_s, 2000);
+    }
+
+    /// Before: a TAT computed under a slow rate kept a client refused long
+    /// after the limits were raised.
+    #[test]
+    fn raised_limits_apply_at_once_and_lowered_bursts_cap_the_budget() {
+        let b = LocalBuckets::new(32);
+        let slow = Limits {
+            rps: 0.01,
+            burst: 2.0,
+            ..Limits::default()
+        };
+        assert!(b.take("a", &slow).allowed);
+        assert!(b.take("a", &slow).allowed);
+        assert!(!b.take("a", &slow).allowed);
+        let fast = Limits {
+            rps: 1000.0,
+            burst: 1000.0,
+            ..Limits::default()
+        };
+        // Empty at the switch (like a token bucket), refilled at the new
+        // rate: one more request fits 1 ms later.
+        b.take("a", &fast);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(b.take("a", &fast).allowed);
+        // A lowered burst caps what is left.
+        let t = b.take("b", &fast);
+        assert_eq!(t.remaining, 999);
+        let small = Limits {
+            rps: 0.01,
+            burst: 3.0,
+            ..Limits::default()
+        };
+        // 999 left, capped at 3.
+        assert_eq!(b.take("b", &small).remaining, 2);
+        assert_eq!(b.take("b", &small).remaining, 1);
+        assert_eq!(b.take("b", &small).remaining, 0);
+        assert!(!b.take("b", &small).allowed);
+        // Pure arithmetic: 2 of 2 spent at 100 s each, now 1 per ms, burst
+        // 1000: still empty, refilled after one interval.
+        let t = rescale(1200.0, 1000.0, (100.0, 200.0), (0.001, 1.0));
+        assert!((t - 1001.0).abs() < 1e-9, "{t}");
     }
 
     #[test]

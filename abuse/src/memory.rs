@@ -108,7 +108,7 @@ impl AbuseBackend for MemoryBackend {
         Ok(())
     }
 
-    async fn strike(&self, key: &str, window: Duration) -> Res<u32> {
+    async fn strike(&self, key: &str, window: Duration, ban_at: u32) -> Res<u32> {
         let mut s = self.state();
         let e = s.strikes.get_or_insert_with(
             key,
@@ -120,7 +120,11 @@ impl AbuseBackend for MemoryBackend {
             *e = (0, Instant::now(), window);
         }
         e.0 = e.0.saturating_add(1);
-        Ok(e.0)
+        let n = e.0;
+        if n >= ban_at {
+            s.strikes.remove(key);
+        }
+        Ok(n)
     }
 
     async fn strikes(&self, key: &str) -> Res<u32> {

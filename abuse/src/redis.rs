@@ -24,22 +24,57 @@ use crate::model::{Ban, Change, Limits, Take};
 
 /// One GCRA step (see `gcra.rs`) in one round trip. Time comes from the
 /// Redis server's clock, so the edges' clocks need not agree. ARGV: the
-/// emission interval and the burst tolerance, in microseconds. Returns
-/// {allowed, remaining, wait in microseconds}.
+/// emission interval and the burst tolerance, in microseconds. The value
+/// stored is `tat interval tau`, so that a TAT computed under other limits
+/// is carried over (`gcra::rescale`). Returns {allowed, remaining, wait in
+/// microseconds}.
 const TAKE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
+local function store(v)
+  redis.call('SET', KEYS[1], string.format('%.3f %.17g %.17g', v, interval, tau),
+    'PX', math.max(1, math.ceil((v - now) / 1000)))
+end
+local tat = now
+local rescaled = false
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local a, i, u = string.match(raw, '^(%S+) (%S+) (%S+)$')
+  a, i, u = tonumber(a), tonumber(i), tonumber(u)
+  if a and i and u and i > 0 then
+    tat = a
+    if i ~= interval or u ~= tau then
+      local used = math.max(0, tat - now) / i
+      used = math.max(0, used + tau / interval - u / i)
+      tat = now + used * interval
+      rescaled = true
+    end
+  end
+end
 if tat < now then tat = now end
 local new_tat = tat + interval
 local wait = new_tat - tau - now
 if wait > interval * 0.001 then
+  if rescaled and tat > now then store(tat) end
   return {0, 0, math.ceil(wait)}
 end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+store(new_tat)
 return {1, math.floor((tau - (new_tat - now)) / interval + 0.000001), 0}
+";
+
+/// One strike: count it, start the window at the first, and reset the
+/// counter when it reaches the ban threshold, atomically (see
+/// `AbuseBackend::strike`). ARGV: window in seconds, threshold.
+const STRIKE_LUA: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n >= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+elseif redis.call('TTL', KEYS[1]) < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return n
 ";
 
 /// See the module docs.
@@ -47,6 +82,7 @@ pub struct RedisBackend {
     prefix: String,
     redis: LazyRedis,
     take: redis::Script,
+    strike: redis::Script,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -67,6 +103,7 @@ impl RedisBackend {
             // EVALSHA, loading the script once per Redis lifetime (on
             // NOSCRIPT).
             take: redis::Script::new(TAKE_LUA),
+            strike: redis::Script::new(STRIKE_LUA),
         }))
     }
 
@@ -134,22 +171,19 @@ impl AbuseBackend for RedisBackend {
             .await?)
     }
 
-    async fn strike(&self, key: &str, window: Duration) -> Res<u32> {
+    async fn strike(&self, key: &str, window: Duration, ban_at: u32) -> Res<u32> {
         let key = self.sub_key("strikes:", key);
-        let secs = window.as_secs().max(1) as i64;
+        let secs = window.as_secs().max(1);
+        let script = &self.strike;
         Ok(self
             .redis
             .run(|mut c| async move {
-                let (n, _): (u32, bool) = redis::pipe()
-                    .atomic()
-                    .incr(&key, 1)
-                    .cmd("EXPIRE")
-                    .arg(&key)
+                script
+                    .key(key)
                     .arg(secs)
-                    .arg("NX")
-                    .query_async(&mut c)
-                    .await?;
-                Ok(n)
+                    .arg(ban_at)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?)
     }

@@ -214,9 +214,11 @@ impl AbuseStore {
         Ok(existed)
     }
 
-    /// Counts one strike for `key` within `window` and returns the count.
-    pub async fn strike(&self, key: &str, window: Duration) -> Res<u32> {
-        self.backend.strike(key, window).await
+    /// Counts one strike for `key` within `window` and returns the count;
+    /// the counter resets when it reaches `ban_at` (see
+    /// `AbuseBackend::strike`).
+    pub async fn strike(&self, key: &str, window: Duration, ban_at: u32) -> Res<u32> {
+        self.backend.strike(key, window, ban_at).await
     }
 
     /// Current strikes of `key`.

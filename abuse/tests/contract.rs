@@ -72,8 +72,10 @@ contract!(
     bans_are_stored_listed_and_lifted,
     expired_bans_are_not_in_force_and_are_dropped_from_the_list,
     strikes_count_within_a_window_and_clear,
+    strikes_reset_as_they_cross_the_ban_threshold,
     hour_bans_accumulate,
     budgets_allow_the_burst_then_refuse_with_a_wait,
+    raised_limits_reach_a_spent_budget_at_once,
     limits_default_until_stored_and_enforcement_is_separate,
     reported_limits_prefer_stored_then_announced_then_defaults,
     changes_reach_subscribers_in_this_process,
@@ -130,7 +132,7 @@ async fn bans_are_stored_listed_and_lifted(store: Arc<AbuseStore>) {
     assert_eq!(store.bans().await.unwrap().len(), 2);
     // Lifting clears the strikes too and says whether a ban was in force.
     store
-        .strike("203.0.113.1", Duration::from_secs(60))
+        .strike("203.0.113.1", Duration::from_secs(60), 100)
         .await
         .unwrap();
     assert!(store.lift_ban("203.0.113.1").await.unwrap());
@@ -162,19 +164,43 @@ async fn strikes_count_within_a_window_and_clear(store: Arc<AbuseStore>) {
     let w = Duration::from_secs(600);
     assert_eq!(store.strikes("k1").await.unwrap(), 0);
     for want in 1..=3 {
-        assert_eq!(store.strike("k1", w).await.unwrap(), want);
+        assert_eq!(store.strike("k1", w, 100).await.unwrap(), want);
     }
     assert_eq!(store.strikes("k1").await.unwrap(), 3);
-    assert_eq!(store.strike("k2", w).await.unwrap(), 1, "keys are separate");
+    assert_eq!(
+        store.strike("k2", w, 100).await.unwrap(),
+        1,
+        "keys are separate"
+    );
     store.clear_strikes("k1").await.unwrap();
     assert_eq!(store.strikes("k1").await.unwrap(), 0);
-    assert_eq!(store.strike("k1", w).await.unwrap(), 1);
+    assert_eq!(store.strike("k1", w, 100).await.unwrap(), 1);
     // The window starts at the first strike: once over, counting restarts.
     let short = Duration::from_secs(1);
-    assert_eq!(store.strike("k3", short).await.unwrap(), 1);
-    assert_eq!(store.strike("k3", short).await.unwrap(), 2);
+    assert_eq!(store.strike("k3", short, 100).await.unwrap(), 1);
+    assert_eq!(store.strike("k3", short, 100).await.unwrap(), 2);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(store.strike("k3", short).await.unwrap(), 1);
+    assert_eq!(store.strike("k3", short, 100).await.unwrap(), 1);
+}
+
+/// The crossing of the threshold is seen once: the count that reaches it
+/// (or passes it, after the threshold was lowered) resets the counter.
+async fn strikes_reset_as_they_cross_the_ban_threshold(store: Arc<AbuseStore>) {
+    let w = Duration::from_secs(600);
+    assert_eq!(store.strike("t1", w, 3).await.unwrap(), 1);
+    assert_eq!(store.strike("t1", w, 3).await.unwrap(), 2);
+    assert_eq!(store.strike("t1", w, 3).await.unwrap(), 3);
+    assert_eq!(store.strikes("t1").await.unwrap(), 0);
+    assert_eq!(store.strike("t1", w, 3).await.unwrap(), 1);
+    for _ in 0..4 {
+        store.strike("t2", w, 100).await.unwrap();
+    }
+    assert_eq!(
+        store.strike("t2", w, 3).await.unwrap(),
+        5,
+        "past a lowered threshold"
+    );
+    assert_eq!(store.strikes("t2").await.unwrap(), 0);
 }
 
 async fn hour_bans_accumulate(store: Arc<AbuseStore>) {
@@ -215,6 +241,33 @@ async fn budgets_allow_the_burst_then_refuse_with_a_wait(store: Arc<AbuseStore>)
     assert!(!store.take("b3", &fast).await.unwrap().allowed);
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert!(store.take("b3", &fast).await.unwrap().allowed);
+}
+
+/// A budget spent under a slow rate is carried over to raised limits as
+/// a token bucket would be: empty, then refilled at the new rate (before, a
+/// time-based state computed under 1 request per 100 s kept the client
+/// refused for minutes after the limits were raised).
+async fn raised_limits_reach_a_spent_budget_at_once(store: Arc<AbuseStore>) {
+    let slow = Limits {
+        rps: 0.01,
+        burst: 2.0,
+        ..Limits::default()
+    };
+    assert!(store.take("r1", &slow).await.unwrap().allowed);
+    assert!(store.take("r1", &slow).await.unwrap().allowed);
+    assert!(!store.take("r1", &slow).await.unwrap().allowed);
+    let fast = Limits {
+        rps: 1000.0,
+        burst: 1000.0,
+        ..Limits::default()
+    };
+    store.take("r1", &fast).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = store.take("r1", &fast).await.unwrap();
+    assert!(t.allowed, "{t:?}");
+    // Back to the slow limits: what is left is capped at the burst.
+    let t = store.take("r1", &slow).await.unwrap();
+    assert!(t.remaining <= 1, "{t:?}");
 }
 
 async fn limits_default_until_stored_and_enforcement_is_separate(store: Arc<AbuseStore>) {
@@ -431,7 +484,10 @@ async fn memory_backend_maps_are_bounded() {
     for i in 0..5_000 {
         let k = format!("c{i}");
         store.take(&k, &l).await.unwrap();
-        store.strike(&k, Duration::from_secs(600)).await.unwrap();
+        store
+            .strike(&k, Duration::from_secs(600), 100)
+            .await
+            .unwrap();
         store.add_hour_ban(&k).await.unwrap();
         store.put_ban(&ban(&k, Some(600))).await.unwrap();
     }

@@ -138,6 +138,31 @@ async fn a_trusted_proxy_forwarding_unreadable_bytes_is_never_banned() {
             .await
             >= 30.0
     );
+
+    // Several header lines are one list, read right to left: the client is
+    // in the last line (before: only the first line was read).
+    for _ in 0..3 {
+        assert_eq!(get_as(edge.http, "198.51.100.90").await.status, 200);
+    }
+    let two_lines = async |first: &str, last: &str| {
+        http(
+            edge.http,
+            "GET",
+            "/urls",
+            &[("X-Forwarded-For", first), ("X-Forwarded-For", last)],
+            b"",
+        )
+        .await
+    };
+    assert_eq!(
+        two_lines("198.51.100.91", "198.51.100.90").await.status,
+        429,
+        "the last line names the client whose budget is spent"
+    );
+    assert_eq!(
+        two_lines("198.51.100.90", "198.51.100.92").await.status,
+        200
+    );
 }
 
 /// Before: each edge kept its own token buckets, so a client spreading

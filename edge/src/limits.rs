@@ -380,12 +380,13 @@ impl Guard {
         }
         self.metrics.rate_limited.inc();
         let window = Duration::from_secs(l.strike_window_s);
-        let strikes = match self.store.strike(&key, window).await {
+        let strikes = match self.store.strike(&key, window, l.ban_strikes).await {
             Ok(n) => n,
-            Err(_) => self.local_strike(&key, window),
+            Err(_) => self.local_strike(&key, window, l.ban_strikes),
         };
-        // `>=`: a count past the threshold (limits lowered meanwhile,
-        // strikes counted while a ban was being issued) still bans.
+        // `>=`: a count past the threshold (limits lowered meanwhile) still
+        // bans. The counter resets atomically as it crosses, so one request
+        // across the edge pair issues the ban.
         if strikes >= l.ban_strikes {
             let ban = self.escalate(&key, strikes, &l).await;
             return Verdict::Banned(ban);
@@ -398,15 +399,20 @@ impl Guard {
         }
     }
 
-    /// Fallback strike counting while the store is unreachable.
-    fn local_strike(&self, key: &str, window: Duration) -> u32 {
+    /// Fallback strike counting while the store is unreachable (same rule
+    /// as `AbuseStore::strike`).
+    fn local_strike(&self, key: &str, window: Duration, ban_at: u32) -> u32 {
         let mut m = lock(&self.local_strikes);
         let e = m.get_or_insert_with(key, || (0, Instant::now(), window), strike_stale, |v| v.1);
         if strike_stale(e) {
             *e = (0, Instant::now(), window);
         }
         e.0 = e.0.saturating_add(1);
-        e.0
+        let n = e.0;
+        if n >= ban_at {
+            m.remove(key);
+        }
+        n
     }
 
     async fn escalate(&self, key: &str, strikes: u32, l: &Limits) -> Ban {
@@ -452,7 +458,6 @@ impl Guard {
             .inc();
         let seq = self.next_seq();
         self.set_local_ban(key.to_owned(), Some(ban.clone()), seq);
-        let _ = self.store.clear_strikes(key).await;
         if let Err(e) = self.store.put_ban(&ban).await {
             tracing::warn!(error = %e, client = key, "ban kept locally until the shared store answers");
             lock(&self.unsynced).insert(key.to_owned());
@@ -767,7 +772,7 @@ mod tests {
         for i in 0..2000u32 {
             let c = Client::Ip(IpAddr::from(std::net::Ipv4Addr::from(0xC000_0000u32 + i)));
             g.check(&c).await;
-            g.local_strike(&format!("k{i}"), Duration::from_secs(600));
+            g.local_strike(&format!("k{i}"), Duration::from_secs(600), 100);
         }
         assert!(g.local.len() <= 50);
         assert!(lock(&g.local_strikes).len() <= 50);

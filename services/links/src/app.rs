@@ -123,7 +123,7 @@ fn is_unreachable(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Folds list-count deltas every `every` until shutdown (D48). Failures
+/// Folds list-count deltas every `every` until shutdown (D52). Failures
 /// (the database is down) cost nothing but slower totals later, so they are
 /// logged once per outage, not once per round.
 async fn compact_list_counts(store: Arc<dyn LinkStore>, every: Duration, shutdown: Shutdown) {

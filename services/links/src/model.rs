@@ -127,7 +127,7 @@ impl Page {
     /// Most matching rows a listing skips to reach its page. Skipping
     /// reads index entries (see `store::sql`), so its cost grows with the
     /// offset; past this bound a page is refused instead of running for
-    /// seconds (docs/API.md, D48). Pages that start past the end are not
+    /// seconds (docs/API.md, D52). Pages that start past the end are not
     /// affected: they answer at once with no rows.
     pub const MAX_SKIP: i64 = 1_000_000;
 

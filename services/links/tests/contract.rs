@@ -537,7 +537,7 @@ async fn redis_cache_down_errors_quickly_instead_of_hanging() {
 }
 
 // ---------------------------------------------------------------------------
-// List totals (issue 8, D48): `total` comes from counts that triggers keep in
+// List totals (issue 8, D52): `total` comes from counts that triggers keep in
 // the writing transaction, never from a COUNT(*) per request. These tests
 // compare every total, for every filter combination, with a COUNT(*) made
 // on a separate connection, across every kind of write.

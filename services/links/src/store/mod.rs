@@ -5,7 +5,7 @@
 //!
 //! List totals (`total` of every listing) are never a `COUNT(*)` over a
 //! table: triggers keep per-scope counts in `list_counts` exact in the
-//! writing transaction (migration `0003_list_counts.sql`, decision D48).
+//! writing transaction (migration `0003_list_counts.sql`, decision D52).
 
 mod sql;
 
