@@ -29,8 +29,11 @@ pub struct LocalBuckets {
     base: Instant,
     /// Key → TAT in seconds since `base`, and the (interval, tau) it was
     /// computed under.
-    tats: Mutex<BoundedMap<String, (f64, (f64, f64))>>,
+    tats: Mutex<BoundedMap<String, Tat>>,
 }
+
+/// A theoretical arrival time and the (interval, tau) it was computed under.
+type Tat = (f64, (f64, f64));
 
 /// A TAT computed under `(old_interval, old_tau)`, carried over to
 /// `(interval, tau)`: the requests already spent stay spent, less the

@@ -231,6 +231,12 @@ impl Upstreams {
         }))
     }
 
+    /// Bound on one upstream call (also sent as the call's `grpc-timeout`
+    /// where the service plans its work by it).
+    pub fn call_timeout(&self) -> Duration {
+        self.cfg.call_timeout
+    }
+
     /// The replicas, for health reporting.
     pub fn replicas(&self) -> &[Arc<Replica>] {
         &self.replicas

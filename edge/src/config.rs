@@ -211,11 +211,27 @@ impl std::str::FromStr for OptionalAddr {
     }
 }
 
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4
+/// network it is: peers are canonicalised to IPv4 before every check, so a
+/// mapped spelling in the configuration must match them.
+fn canonical_net(n: IpNet) -> IpNet {
+    match n {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(n),
+            None => n,
+        },
+        _ => n,
+    }
+}
+
 /// A CIDR, or a bare IP taken as a single-address network.
 fn parse_net(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(canonical_net)
         .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR"))
 }
 
@@ -379,5 +395,26 @@ mod tests {
         assert_eq!(c.prefixes(), Prefixes { v4: 32, v6: 56 });
         assert!(!c.rate_limit_shared);
         assert!(parse(&[]).rate_limit_shared);
+    }
+}
+
+#[cfg(test)]
+mod net_tests {
+    use super::*;
+
+    #[test]
+    fn mapped_networks_in_the_configuration_are_ipv4() {
+        assert_eq!(
+            parse_net("::ffff:10.0.0.1").unwrap(),
+            "10.0.0.1/32".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_net("::ffff:10.0.0.0/104").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_net("2001:db8::/32").unwrap(),
+            "2001:db8::/32".parse::<IpNet>().unwrap()
+        );
     }
 }

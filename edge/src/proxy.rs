@@ -364,6 +364,15 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// Failures caused by the client (a reset, a disconnect before the
+    /// answer was written, a malformed request) are not the operator's
+    /// problem: they are counted in the request event (`client_gone`) and
+    /// logged at WARN by `logging`, never as Pingora's ERROR line, which
+    /// would reach the alerter and let any client page the operator.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
+        matches!(e.esource(), pingora::ErrorSource::Downstream)
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,

@@ -277,7 +277,10 @@ pub async fn upload(c: &Call<'_>) -> Outcome {
             let res = c
                 .upstreams
                 .call(false, |ch| {
-                    let r = c.grpc(msg.clone());
+                    let mut r = c.grpc(msg.clone());
+                    // Sent as `grpc-timeout`: the service stops taking rows
+                    // before it and answers with exactly what it committed.
+                    r.set_timeout(c.upstreams.call_timeout());
                     async move { UserServiceClient::new(ch).bulk_create_users(r).await }
                 })
                 .await;

@@ -16,14 +16,34 @@ use super::Reply;
 /// 100 levels; anything near that is abuse, not data.
 pub const MAX_JSON_DEPTH: usize = 32;
 
+/// Longest query string accepted (the API's parameters need a few dozen
+/// bytes).
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Most `key=value` pairs accepted in a query string.
+pub const MAX_QUERY_PAIRS: usize = 32;
+
 /// Decodes a query string into `T`. Pairs are percent-decoded (`+` is a
 /// space); a key given twice keeps its last value; an empty value means
 /// "not given"; unknown keys are ignored. A value that is not UTF-8 or holds
 /// a NUL is refused, and a value of the wrong type is refused with a
 /// message naming the key (`page must be an integer`).
 pub fn query<T: for<'de> Deserialize<'de>>(raw: Option<&str>) -> Result<T, Reply> {
+    let raw = raw.unwrap_or("");
+    // Bounded work per request: the de-duplication below is quadratic.
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err(Reply::error(
+            414,
+            format!("the query string is longer than {MAX_QUERY_BYTES} bytes"),
+        ));
+    }
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for (n, pair) in raw.split('&').filter(|p| !p.is_empty()).enumerate() {
+        if n >= MAX_QUERY_PAIRS {
+            return Err(Reply::error(
+                400,
+                format!("the query string has more than {MAX_QUERY_PAIRS} parameters"),
+            ));
+        }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (decode(k)?, decode(v)?);
         if v.is_empty() {
@@ -312,6 +332,13 @@ mod tests {
             (400, "is_active must be true or false".into())
         );
         assert_eq!(err(query::<ListEvents>(Some("event_type=%ff"))).0, 400);
+        let many = (0..100)
+            .map(|i| format!("k{i}=1"))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(err(query::<ListEvents>(Some(&many))).0, 400);
+        let long = format!("event_type={}", "a".repeat(MAX_QUERY_BYTES));
+        assert_eq!(err(query::<ListEvents>(Some(&long))).0, 414);
         assert_eq!(err(query::<ListEvents>(Some("event_type=a%00b"))).0, 400);
         assert_eq!(
             err(query::<ListUrls>(Some("per_page=0")).and_then(|q| q.paging())),

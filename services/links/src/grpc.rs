@@ -264,7 +264,17 @@ impl UserService for UserApi {
             )));
         }
         let mut out = pb::BulkCreateUsersResponse::default();
+        // After an outage with rows already committed, the rest are
+        // reported row by row: an error status would hide the committed ones.
+        let mut outage: Option<String> = None;
         for (i, row) in rows.into_iter().enumerate() {
+            if let Some(m) = &outage {
+                out.errors.push(pb::BulkCreateUsersError {
+                    index: i as u32,
+                    error: format!("not processed: database unavailable: {m}; send this row again"),
+                });
+                continue;
+            }
             if started.elapsed() >= budget {
                 out.errors.push(pb::BulkCreateUsersError {
                     index: i as u32,
@@ -275,12 +285,20 @@ impl UserService for UserApi {
             }
             match self.0.create_user(&row.username, &row.email).await {
                 Ok(u) => out.created.push(user_pb(u)),
-                Err(crate::error::ServiceError::Unavailable(m)) => {
-                    // Stop at an outage: the caller retries the rest.
+                Err(crate::error::ServiceError::Unavailable(m)) if out.created.is_empty() => {
+                    // Nothing committed yet: the whole call failed, retry it.
                     return Err(shortlink_proto::errors::database_unavailable(format!(
-                        "database unavailable after {} rows were created: {m}",
-                        out.created.len()
+                        "database unavailable: {m}"
                     )));
+                }
+                Err(crate::error::ServiceError::Unavailable(m)) => {
+                    out.errors.push(pb::BulkCreateUsersError {
+                        index: i as u32,
+                        error: format!(
+                            "not processed: database unavailable: {m}; send this row again"
+                        ),
+                    });
+                    outage = Some(m);
                 }
                 Err(e) => out.errors.push(pb::BulkCreateUsersError {
                     index: i as u32,
