@@ -102,6 +102,7 @@ pub fn run_with_bus(
 
     let mut conf = ServerConf {
         threads: cfg.threads,
+        work_stealing: cfg.work_stealing,
         grace_period_seconds: Some(cfg.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(cfg.shutdown_timeout_s),
         pid_file: std::env::temp_dir()

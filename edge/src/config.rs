@@ -171,6 +171,12 @@ pub struct EdgeConfig {
     /// Worker threads of the proxy.
     #[arg(long, env = "EDGE_THREADS", default_value_t = 2)]
     pub threads: usize,
+    /// Let idle proxy threads steal connections' tasks from busy ones (one
+    /// work-stealing runtime) instead of one single-threaded runtime per
+    /// thread. Off: each connection stays on the thread that accepted it,
+    /// which saves the cross-thread wake-ups that dominate on few cores.
+    #[arg(long, env = "EDGE_WORK_STEALING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub work_stealing: bool,
     /// After SIGTERM (or after handing sockets over in an upgrade), seconds
     /// during which requests already in flight may finish before the worker
     /// runtimes are shut down.

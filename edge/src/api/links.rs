@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::input::{JsonBody, ListUrls, query};
 use super::{Call, Outcome, Reply, render};
 use crate::balance::CallError;
-use crate::resolve_cache::Resolution;
+use crate::resolve_cache::{Lookup, Resolution};
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
@@ -73,12 +73,29 @@ fn location_header(url: String) -> String {
 pub fn redirect<'a>(c: &'a Call<'a>) -> Fut<'a> {
     Box::pin(async move {
         let short_code = c.routed.code.as_deref().unwrap_or_default();
-        let (res, upstream) = match c.cache.and_then(|cache| cache.get(short_code)) {
-            Some(res) => (res, None),
-            None => {
+        let started = std::time::Instant::now();
+        let lookup = c.cache.map_or(Lookup::Miss, |cache| cache.lookup(short_code));
+        let (res, upstream) = match lookup {
+            Lookup::Fresh(res) => (res, None),
+            Lookup::Refresh(cached) => match resolve(c, short_code).await {
+                Ok(res) => {
+                    if let Some(cache) = c.cache {
+                        cache.put(short_code, res.0.clone(), started);
+                    }
+                    res
+                }
+                Err(_) => {
+                    // Still within its ttl: serve it; the next reader retries.
+                    if let Some(cache) = c.cache {
+                        cache.refresh_failed(short_code);
+                    }
+                    (cached, None)
+                }
+            },
+            Lookup::Miss => {
                 let res = resolve(c, short_code).await?;
                 if let Some(cache) = c.cache {
-                    cache.put(short_code, res.0.clone());
+                    cache.put(short_code, res.0.clone(), started);
                 }
                 res
             }
