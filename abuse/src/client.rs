@@ -119,11 +119,15 @@ fn unmap(net: IpNet) -> IpNet {
 }
 
 fn key_of(net: IpNet) -> String {
-    if net.prefix_len() == net.max_prefix_len() {
-        net.addr().to_string()
+    use std::fmt::Write;
+    // Sized once: the longest IPv6 network is 43 characters.
+    let mut key = String::with_capacity(43);
+    let _ = if net.prefix_len() == net.max_prefix_len() {
+        write!(key, "{}", net.addr())
     } else {
-        net.to_string()
-    }
+        write!(key, "{net}")
+    };
+    key
 }
 
 /// A client named by an operator.

@@ -347,6 +347,11 @@ impl Edge {
 impl ProxyHttp for Edge {
     type CTX = Ctx;
 
+    /// No downstream modules: the edge answers every request itself with
+    /// small bodies, so Pingora's (disabled) compression module would only
+    /// cost allocations on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Self::CTX {
         Ctx {
             start: Instant::now(),
@@ -488,10 +493,12 @@ impl ProxyHttp for Edge {
             "http_request",
             route = ctx.route.template(),
             method = ctx.method,
-            request_id = %ctx.request_id,
+            request_id = ctx.request_id.as_str(),
             trace_id = request_id::trace_id_from_traceparent(&ctx.traceparent).unwrap_or(""),
         );
-        ctx.traceparent = child_traceparent(&span, &ctx.traceparent);
+        if shortlink_runtime::telemetry::exporting() {
+            ctx.traceparent = child_traceparent(&span, &ctx.traceparent);
+        }
         let req = session.req_header();
         let call = Call {
             upstreams: &self.upstreams,
@@ -541,7 +548,12 @@ impl ProxyHttp for Edge {
             edge_id: self.settings.edge_id.clone(),
             request_id: ctx.request_id.clone(),
             trace_id: trace_id.to_owned(),
-            client_ip: ctx.client.map(|c| c.to_string()).unwrap_or_default(),
+            client_ip: ctx.client.map(|c| {
+                use std::fmt::Write;
+                let mut ip = String::with_capacity(39);
+                let _ = write!(ip, "{c}");
+                ip
+            }).unwrap_or_default(),
             method: ctx.method.to_owned(),
             route: ctx.route.template().to_owned(),
             path: String::from_utf8_lossy(session.req_header().uri.path().as_bytes())

@@ -61,6 +61,15 @@ impl Drop for TelemetryGuard {
     }
 }
 
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans (OTLP configured). Without an
+/// exporter a span has no context of its own to propagate, and hot paths
+/// skip building one.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls
 /// keep the first subscriber), which tests rely on.
 pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<TelemetryGuard> {
@@ -88,6 +97,10 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
         }
         _ => None,
     };
+    if provider.is_some() {
+        // Never reset: a later call keeps the first subscriber (see above).
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     // Spans are exported at INFO whatever the log level: LOG_LEVEL=warn
     // quietens the logs, not the traces.
     let otel_layer = provider.as_ref().map(|p| {
@@ -188,7 +201,14 @@ impl tracing::field::Visit for Fields {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         match field.name() {
             "message" => self.message = format!("{value:?}"),
-            "request_id" => self.request_id = format!("{value:?}").trim_matches('"').to_owned(),
+            "request_id" => {
+                use std::fmt::Write;
+                let _ = write!(self.request_id, "{value:?}");
+                let trimmed = self.request_id.trim_matches('"');
+                if trimmed.len() != self.request_id.len() {
+                    self.request_id = trimmed.to_owned();
+                }
+            }
             "error" if !self.message.is_empty() => {
                 self.message = format!("{}: {value:?}", self.message)
             }
