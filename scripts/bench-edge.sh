@@ -37,7 +37,8 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Last started first: the edge goes before the replica it checks.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
 }
@@ -146,7 +147,7 @@ direct=$(run_wrk "http://127.0.0.1:18081/$code")
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; wrk -t2 -c$conns -d${secs}s; wrk, edge, links, Redis and NGINX share the cores"
 printf '%-34s %12s %10s %10s %8s\n' "target" "req/s" "p50" "p99" "non-3xx"
-printf '%-34s %12s %10s %10s %8s\n' "edge -> links (gRPC, Redis cache)" $edge
+printf '%-34s %12s %10s %10s %8s\n' "edge (its resolution cache)" $edge
 printf '%-34s %12s %10s %10s %8s\n' "nginx proxy -> 302 upstream" $proxy
 printf '%-34s %12s %10s %10s %8s\n' "nginx return 302" $direct
 python3 - "$edge" "$proxy" "$direct" "$(cat "$work/rss.txt")" "$rss_idle" <<'PY'
