@@ -23,12 +23,18 @@ const duration = __ENV.DURATION || '30s';
 const mix = __ENV.MIX || 'redirects';
 const rate = parseInt(__ENV.RATE || '0', 10);
 
+// Per-route latency in the summary (thresholds create the sub-metrics;
+// the bound is never meant to fail a run).
+const perRoute = Object.fromEntries(['health', 'shorten', 'list', 'redirect', 'unknown']
+  .map((r) => [`http_req_duration{route:${r}}`, ['max>=0']]));
+
 export const options = rate > 0
-  ? { scenarios: { fixed: { executor: 'constant-arrival-rate', rate, timeUnit: '1s', duration,
+  ? { thresholds: perRoute,
+      scenarios: { fixed: { executor: 'constant-arrival-rate', rate, timeUnit: '1s', duration,
                             preAllocatedVUs: Math.max(50, rate), maxVUs: Math.max(500, rate * 4) } } }
   : tier === 'stress'
-    ? { stages: [{ duration: '10s', target: vus }, { duration, target: vus }, { duration: '5s', target: 0 }] }
-    : { vus, duration };
+    ? { thresholds: perRoute, stages: [{ duration: '10s', target: vus }, { duration, target: vus }, { duration: '5s', target: 0 }] }
+    : { thresholds: perRoute, vus, duration };
 
 // Codes of active links of the seed set (first rows of urls.csv).
 const codes = (__ENV.CODES || 'WqxP6K,M2buKp,pJoLPT').split(',');

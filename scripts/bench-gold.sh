@@ -47,10 +47,11 @@ for port in 9391 9392; do
   for _ in $(seq 1 100); do curl -fs 127.0.0.1:$port/ready >/dev/null 2>&1 && break; sleep 0.1; done
 done
 # Limits enforced (every request is checked) but high enough for k6's one
-# client address; budgets kept locally (RATE_LIMIT_SHARED=false) as the
-# single edge shares them with nobody.
+# client address, which stands in for 500 users: so are the connections per
+# client (500 VUs, one connection each). Budgets kept locally
+# (RATE_LIMIT_SHARED=false): the single edge shares them with nobody.
 EDGE_HTTP_ADDR=127.0.0.1:18070 EDGE_HTTPS_ADDR=off EDGE_METRICS_ADDR=127.0.0.1:19170 \
-  LINKS_UPSTREAMS=127.0.0.1:50191,127.0.0.1:50192 EDGE_UPGRADE_SOCK="$work/up.sock" \
+  LINKS_UPSTREAMS=127.0.0.1:50191,127.0.0.1:50192 EDGE_UPGRADE_SOCK="$work/up.sock" EDGE_MAX_CONNECTIONS_PER_CLIENT=2048 \
   RATE_LIMIT_SHARED=false RATE_LIMIT_RPS=1000000 RATE_LIMIT_BURST=1000000 "$bin" edge & pids+=($!); edge=$!
 for _ in $(seq 1 100); do curl -fs 127.0.0.1:18070/ready >/dev/null 2>&1 && break; sleep 0.1; done
 test "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:18070/WqxP6K)" = 302 || die "edge does not redirect"
@@ -128,6 +129,8 @@ for label, title in (("gold", "gold, 500 VUs (closed loop, 1 s pause)"), ("fixed
           f"p50 {d['p(50)']:.1f} ms, p95 {d['p(95)']:.1f} ms, p99 {d['p(99)']:.1f} ms; failed {k['http_req_failed']['value'] * 100:.2f}%")
     print(f"  machine busy {busy:.1f} CPU-s, k6 {k6cpu:.1f} CPU-s, idle baseline {idle_rate * wall:.1f} CPU-s"
           f" -> system CPU per request {served / reqs * 1000:.3f} ms")
+    routes = [(r, k.get(f"http_req_duration{{route:{r}}}")) for r in ("health", "shorten", "list", "redirect")]
+    print("  per route p95/p99 ms: " + ", ".join(f"{r} {m['p(95)']:.1f}/{m['p(99)']:.1f}" for r, m in routes if m))
     print("  per component, share of one core: " + ", ".join(
         f"{n} {(ac[n] - bc.get(n, 0)) / hz / wall * 100:.0f}%" for n in ac))
 PY

@@ -124,7 +124,9 @@ async fn a_cached_redirect_stays_within_its_allocation_budget() {
     std::thread::spawn(move || shortlink_edge::app::run(cli.edge).expect("edge runs"));
     let edge: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(edge).await.is_ok() && http_get(edge, "/ready").await.0 == 200 {
+        if tokio::net::TcpStream::connect(edge).await.is_ok()
+            && http_get(edge, "/ready").await.0 == 200
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -155,7 +157,9 @@ async fn a_cached_redirect_stays_within_its_allocation_budget() {
     })
     .await
     .unwrap();
-    println!("heap allocations per cached redirect: {measured:.1} (bound {MAX_ALLOCS_PER_REDIRECT})");
+    println!(
+        "heap allocations per cached redirect: {measured:.1} (bound {MAX_ALLOCS_PER_REDIRECT})"
+    );
     assert!(
         measured <= MAX_ALLOCS_PER_REDIRECT,
         "a cached redirect made {measured:.1} heap allocations, over the bound of \

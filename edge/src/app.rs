@@ -53,7 +53,7 @@ pub fn run_with_bus(
     cfg.validate()?;
     let edge_id = cfg.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cfg.client_threads)
         .thread_name("edge-client")
         .enable_all()
         .build()?;

@@ -171,6 +171,13 @@ pub struct EdgeConfig {
     /// Worker threads of the proxy.
     #[arg(long, env = "EDGE_THREADS", default_value_t = 2)]
     pub threads: usize,
+    /// Threads of the runtime that carries the gRPC connections to the
+    /// links replicas, the health checks and the abuse state. One is enough
+    /// for the load a proxy thread can send it; a second mostly adds
+    /// cross-thread wake-ups (measured: 17% more edge CPU per request at a
+    /// fixed 1,000 requests/s, docs/BENCHMARKS.md).
+    #[arg(long, env = "EDGE_CLIENT_THREADS", default_value_t = 1)]
+    pub client_threads: usize,
     /// Let idle proxy threads steal connections' tasks from busy ones (one
     /// work-stealing runtime) instead of one single-threaded runtime per
     /// thread. Off: each connection stays on the thread that accepted it,
@@ -271,6 +278,9 @@ impl EdgeConfig {
             return Err(ConfigError::new(
                 "EDGE_RESOLVE_CACHE_TTL_MS must be at most 1000: a changed link must stop redirecting within about a second",
             ));
+        }
+        if self.client_threads == 0 {
+            return Err(ConfigError::new("EDGE_CLIENT_THREADS must be at least 1"));
         }
         if self.threads == 0 {
             return Err(ConfigError::new("EDGE_THREADS must be at least 1"));

@@ -548,12 +548,15 @@ impl ProxyHttp for Edge {
             edge_id: self.settings.edge_id.clone(),
             request_id: ctx.request_id.clone(),
             trace_id: trace_id.to_owned(),
-            client_ip: ctx.client.map(|c| {
-                use std::fmt::Write;
-                let mut ip = String::with_capacity(39);
-                let _ = write!(ip, "{c}");
-                ip
-            }).unwrap_or_default(),
+            client_ip: ctx
+                .client
+                .map(|c| {
+                    use std::fmt::Write;
+                    let mut ip = String::with_capacity(39);
+                    let _ = write!(ip, "{c}");
+                    ip
+                })
+                .unwrap_or_default(),
             method: ctx.method.to_owned(),
             route: ctx.route.template().to_owned(),
             path: String::from_utf8_lossy(session.req_header().uri.path().as_bytes())

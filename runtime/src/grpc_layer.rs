@@ -3,7 +3,8 @@
 //! opens a tracing span carrying the method, request id and trace id (with
 //! the W3C `traceparent` as its OpenTelemetry parent), records
 //! rate/errors/duration per method, and echoes the request id in the
-//! response headers.
+//! response headers. Also `nodelay_incoming`, the accept side every gRPC
+//! server uses.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -153,5 +154,35 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The connections a gRPC server accepts on `listener`, with `TCP_NODELAY`
+/// set. Tonic sets it only on listeners it binds itself; without it a
+/// reply written as several HTTP/2 frames (headers, a data frame of more
+/// than a segment, trailers) waits on Nagle's algorithm for the client's
+/// delayed ACK: measured 40-45 ms on every `ListLinks` call of a 2 KiB page
+/// through the edge (docs/BENCHMARKS.md), against 2 ms with it.
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod nodelay_tests {
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_grpc_connections_do_not_wait_on_nagle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = super::nodelay_incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY not set on an accepted connection"
+        );
     }
 }

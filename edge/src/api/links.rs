@@ -74,7 +74,9 @@ pub fn redirect<'a>(c: &'a Call<'a>) -> Fut<'a> {
     Box::pin(async move {
         let short_code = c.routed.code.as_deref().unwrap_or_default();
         let started = std::time::Instant::now();
-        let lookup = c.cache.map_or(Lookup::Miss, |cache| cache.lookup(short_code));
+        let lookup = c
+            .cache
+            .map_or(Lookup::Miss, |cache| cache.lookup(short_code));
         let (res, upstream) = match lookup {
             Lookup::Fresh(res) => (res, None),
             Lookup::Refresh(cached) => match resolve(c, short_code).await {

@@ -20,12 +20,11 @@ use shortlink_abuse::{AbuseStore, Ban, BanType, Limits, Prefixes, StoreError, St
 use shortlink_proto::v1 as pb;
 use shortlink_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use shortlink_runtime::config::ConfigError;
-use shortlink_runtime::grpc_layer::ObservabilityLayer;
+use shortlink_runtime::grpc_layer::{ObservabilityLayer, nodelay_incoming};
 use shortlink_runtime::metrics::{Metrics, RpcMetrics};
 use shortlink_runtime::shutdown::Shutdown;
 use shortlink_runtime::side_port::{self, HealthCheck, HealthReport};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
@@ -423,7 +422,7 @@ pub async fn run(cfg: AdminConfig, shutdown: Shutdown) -> anyhow::Result<()> {
             },
             auth,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move { s.wait().await });
+        .serve_with_incoming_shutdown(nodelay_incoming(grpc), async move { s.wait().await });
     let router = side_port::router("admin", instance, metrics, Arc::new(AdminHealth(store)));
     let http_server = side_port::serve(http, router, shutdown);
     tokio::try_join!(

@@ -15,13 +15,12 @@ use shortlink_proto::v1::event_service_server::EventServiceServer;
 use shortlink_proto::v1::link_service_server::LinkServiceServer;
 use shortlink_proto::v1::user_service_server::UserServiceServer;
 use shortlink_runtime::breaker::State;
-use shortlink_runtime::grpc_layer::ObservabilityLayer;
+use shortlink_runtime::grpc_layer::{ObservabilityLayer, nodelay_incoming};
 use shortlink_runtime::metrics::{Metrics, RpcMetrics};
 use shortlink_runtime::retry::{Backoff, Verdict};
 use shortlink_runtime::shutdown::{DropGuard, Shutdown};
 use shortlink_runtime::side_port::{self, HealthCheck, HealthReport};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::cache::{Cache, MemoryCache, NoCache, RedisCache};
@@ -420,7 +419,7 @@ impl App {
             .add_service(LinkServiceServer::new(LinkApi(self.core.clone())))
             .add_service(UserServiceServer::new(UserApi(self.core.clone())))
             .add_service(EventServiceServer::new(EventApi(self.core.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async move {
+            .serve_with_incoming_shutdown(nodelay_incoming(self.grpc), async move {
                 grpc_shutdown.wait().await;
             });
 
