@@ -4,7 +4,9 @@
 # (tansu), with all four consumer groups running. Reports the events per
 # second the edge's producer path sustained (published and acknowledged),
 # drops, and each group's lag (events behind) sampled every 2 s, plus how
-# long each group took to drain after the load stopped. Loopback only.
+# long each group took to drain after the load stopped. k6 is one client
+# address standing in for 500 users, so the per-client connection cap is
+# raised with the rate limits. Loopback only.
 #
 #   ./scripts/bench-pipeline.sh [tier=gold] [duration=30s]
 set -euo pipefail
@@ -38,7 +40,7 @@ trap cleanup EXIT
 LINKS_GRPC_ADDR=127.0.0.1:50181 LINKS_HTTP_ADDR=127.0.0.1:9301 CACHE_PREFIX="benchp:$RANDOM:" "$bin" links & pids+=($!)
 for _ in $(seq 1 100); do curl -fs 127.0.0.1:9301/ready >/dev/null 2>&1 && break; sleep 0.1; done
 EDGE_HTTP_ADDR=127.0.0.1:18090 EDGE_HTTPS_ADDR=off EDGE_METRICS_ADDR=127.0.0.1:19190 LINKS_UPSTREAMS=127.0.0.1:50181 \
-  RATE_LIMIT_RPS=1000000 RATE_LIMIT_BURST=1000000 EDGE_UPGRADE_SOCK="$work/up.sock" "$bin" edge & pids+=($!)
+  RATE_LIMIT_RPS=1000000 RATE_LIMIT_BURST=1000000 EDGE_MAX_CONNECTIONS_PER_CLIENT=2048 EDGE_UPGRADE_SOCK="$work/up.sock" "$bin" edge & pids+=($!)
 for _ in $(seq 1 100); do curl -fs 127.0.0.1:18090/ready >/dev/null 2>&1 && break; sleep 0.1; done
 LINKS_ADDR=127.0.0.1:50181 CONSUMER_GROUP="${prefix}analytics" "$bin" analytics & pids+=($!)
 DASHBOARD_DATABASE_URL="postgres://postgres@127.0.0.1:5432/shortlink_bench_dash" DASHBOARD_INGEST_HTTP_ADDR=127.0.0.1:9314 \

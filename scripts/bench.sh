@@ -40,6 +40,11 @@ for w in "${want[@]}"; do
     *) die "unknown benchmark $w (one of: ${all[*]})" ;;
   esac
   { echo; echo "=== $title: ${cmd[*]}"; } | tee -a "$out"
-  # The tables, not the progress lines.
-  "${cmd[@]}" 2>&1 | grep -v '^\x1b\[1m==>' | grep -v '"level":"WARN"' | tee -a "$out"
+  # The tables, not the progress lines. A failing benchmark is reported
+  # and the others still run; the exit status says that one failed.
+  if ! "${cmd[@]}" 2>&1 | grep -v '^\x1b\[1m==>' | grep -v '"level":"WARN"' | tee -a "$out"; then
+    echo "FAILED: ${cmd[*]}" | tee -a "$out"
+    failed=1
+  fi
 done
+exit "${failed:-0}"
