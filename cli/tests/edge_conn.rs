@@ -398,3 +398,31 @@ async fn http2_limits_are_advertised_and_enforced() {
     ]);
     assert!(head.starts_with("http/2 200"), "{head}");
 }
+
+/// Clients that hang up (with a reset) before their answer is written are
+/// the client's business: Pingora's write error must not reach the log as
+/// an ERROR, which would page the operator. Seen in the scale benchmark,
+/// where every wrk run ends with connections closed mid-response.
+#[tokio::test]
+async fn clients_that_hang_up_before_the_answer_cause_no_error_log() {
+    let st = stack(&[]).await;
+    for i in 0..30 {
+        let mut s = TcpStream::connect(st.edge.http).await.unwrap();
+        // A listing goes to the links replica, so the answer is written a
+        // few milliseconds after the reset has arrived.
+        let path = if i % 2 == 0 { "/urls?page=1&per_page=100" } else { "/users?page=1" };
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    }
+    // The edge is still serving, and its requests are counted.
+    let ok = eventually(Duration::from_secs(10), async || {
+        http(st.edge.http, "GET", "/users?page=1", &[], b"").await.status == 200
+    })
+    .await;
+    assert!(ok);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(st.error_lines(), Vec::<String>::new());
+}

@@ -374,8 +374,25 @@ impl ProxyHttp for Edge {
     /// problem: they are counted in the request event (`client_gone`) and
     /// logged at WARN by `logging`, never as Pingora's ERROR line, which
     /// would reach the alerter and let any client page the operator.
+    ///
+    /// The edge never proxies bytes upstream (its links calls are gRPC, not
+    /// Pingora's), so every read, write or connection error Pingora meets
+    /// is on the client's connection, whatever source it is tagged with: a
+    /// write to a client that reset the connection arrives as a
+    /// `WriteError` without the downstream tag.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
         matches!(e.esource(), pingora::ErrorSource::Downstream)
+            || matches!(
+                e.etype(),
+                ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::H2Error
+                    | ErrorType::InvalidH2
+                    | ErrorType::H2Downgrade
+            )
     }
 
     async fn upstream_peer(
