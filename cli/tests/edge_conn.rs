@@ -410,7 +410,11 @@ async fn clients_that_hang_up_before_the_answer_cause_no_error_log() {
         let mut s = TcpStream::connect(st.edge.http).await.unwrap();
         // A listing goes to the links replica, so the answer is written a
         // few milliseconds after the reset has arrived.
-        let path = if i % 2 == 0 { "/urls?page=1&per_page=100" } else { "/users?page=1" };
+        let path = if i % 2 == 0 {
+            "/urls?page=1&per_page=100"
+        } else {
+            "/users?page=1"
+        };
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .await
             .unwrap();
@@ -419,7 +423,10 @@ async fn clients_that_hang_up_before_the_answer_cause_no_error_log() {
     }
     // The edge is still serving, and its requests are counted.
     let ok = eventually(Duration::from_secs(10), async || {
-        http(st.edge.http, "GET", "/users?page=1", &[], b"").await.status == 200
+        http(st.edge.http, "GET", "/users?page=1", &[], b"")
+            .await
+            .status
+            == 200
     })
     .await;
     assert!(ok);

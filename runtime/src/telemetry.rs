@@ -111,7 +111,7 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
 
     let registry = tracing_subscriber::registry()
         .with(otel_layer)
-        .with(LogEventLayer);
+        .with(log_event_layer());
     let res = match args.log_format {
         LogFormat::Json => registry
             .with(
@@ -169,6 +169,25 @@ pub fn set_log_sink(sink: Box<dyn LogSink>, service: &str, instance: &str) {
         service: service.to_owned(),
         instance: instance.to_owned(),
     });
+}
+
+/// The layer behind `set_log_sink`, filtered to what the sink needs:
+/// WARN-and-above events, and this project's own INFO-and-above spans (for
+/// the request id they carry). Unfiltered, it made every span of every
+/// dependency (h2, tower, sqlx at TRACE) exist in the registry, which cost
+/// the links service about 7% of its ResolveLink throughput
+/// (docs/BENCHMARKS.md).
+fn log_event_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    LogEventLayer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        if meta.is_span() {
+            *meta.level() <= tracing::Level::INFO && meta.target().starts_with("shortlink")
+        } else {
+            *meta.level() <= tracing::Level::WARN
+        }
+    }))
 }
 
 /// The tracing layer behind `set_log_sink`.
@@ -279,5 +298,45 @@ where
             target: target.to_owned(),
         };
         sink.sink.publish(ev);
+    }
+}
+
+#[cfg(test)]
+mod log_sink_tests {
+    use std::sync::Mutex;
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    static SEEN: Mutex<Vec<shortlink_proto::events::LogEvent>> = Mutex::new(Vec::new());
+
+    struct Capture;
+    impl super::LogSink for Capture {
+        fn accepts(&self, _target: &str) -> bool {
+            true
+        }
+        fn publish(&self, event: shortlink_proto::events::LogEvent) {
+            SEEN.lock().unwrap().push(event);
+        }
+    }
+
+    #[test]
+    fn warnings_carry_the_request_id_of_their_span_and_nothing_below_warn_is_sent() {
+        super::set_log_sink(Box::new(Capture), "test", "test-1");
+        let subscriber = tracing_subscriber::registry().with(super::log_event_layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let span =
+                tracing::info_span!(target: "shortlink_links::grpc", "rpc", request_id = "req-42");
+            let _g = span.enter();
+            // A dependency's span in between does not hide the request id.
+            let inner = tracing::trace_span!(target: "h2::proto", "poll");
+            let _i = inner.enter();
+            tracing::info!("not sent");
+            tracing::warn!(target: "shortlink_links::store", "database slow");
+        });
+        let seen = SEEN.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].message, "database slow");
+        assert_eq!(seen[0].request_id, "req-42");
+        assert_eq!(seen[0].level, "WARN");
     }
 }
