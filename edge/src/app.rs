@@ -183,6 +183,20 @@ pub fn run_with_bus(
         let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCounter(
             metrics.tls_handshakes.clone(),
         )))?;
+        // The expiry of what is served (configured or self-signed), for
+        // ShortlinkCertificateExpiringSoon.
+        match crate::tls::not_after(&cert) {
+            Ok(t) => registry
+                .register(
+                    prometheus::IntGauge::new(
+                        "tls_certificate_expiry_timestamp_seconds",
+                        "When the served TLS certificate expires, in seconds since the Unix epoch.",
+                    )
+                    .expect("valid metric"),
+                )
+                .set(t),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot read the certificate's expiry"),
+        }
         tls.set_certificate_chain_file(&cert.display().to_string())?;
         tls.set_private_key_file(&key.display().to_string())?;
         tls.enable_h2();
