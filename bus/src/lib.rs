@@ -193,7 +193,7 @@ pub fn connect(args: &BusArgs, metrics: &Metrics) -> anyhow::Result<Arc<dyn Even
         .register(
             prometheus::IntGauge::new(
                 "bus_producer_queue_capacity",
-                "Events the local producer queue holds at most (PRODUCER_QUEUE); \
+                "Events the local producer queue holds at most (KAFKA_PRODUCER_QUEUE); \
                  bus_events_pending over this is how full the queue is.",
             )
             .expect("valid metric"),
