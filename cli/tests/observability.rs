@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 use shortlink_testkit::{TestDb, eventually, free_port, http, http_get, random_suffix};
 use support::{EdgeProc, Proc, Replica, links_env, post_json, spawn_raw, wait_http_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,7 +74,7 @@ fn run_ok(cmd: &mut Command) -> String {
 
 fn yaml(path: &Path) -> Yaml {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn rule_files() -> Vec<PathBuf> {
@@ -399,7 +399,7 @@ fn grafana_dashboards_are_provisioned_and_every_panel_query_parses() {
     let file = std::env::temp_dir().join(format!("shortlink-dashboards-{}.yml", random_suffix()));
     std::fs::write(
         &file,
-        serde_yaml::to_string(&json!({"groups": [{"name": "dashboards", "rules": rules}]})).unwrap(),
+        serde_norway::to_string(&json!({"groups": [{"name": "dashboards", "rules": rules}]})).unwrap(),
     )
     .unwrap();
     let out = tool("promtool").args(["check", "rules"]).arg(&file).output().unwrap();
@@ -714,7 +714,7 @@ fn alerts_overlay(for_: &str) -> String {
             }
         }
     }
-    serde_yaml::to_string(&doc).unwrap()
+    serde_norway::to_string(&doc).unwrap()
 }
 
 /// The project's local Prometheus config with test intervals, the overlay
@@ -725,17 +725,17 @@ fn prometheus_overlay(dir: &Path, alertmanager: SocketAddr) -> String {
     doc["global"]["scrape_interval"] = Yaml::from("1s");
     doc["global"]["scrape_timeout"] = Yaml::from("1s");
     doc["global"]["evaluation_interval"] = Yaml::from("1s");
-    doc["rule_files"] = serde_yaml::to_value(vec![
+    doc["rule_files"] = serde_norway::to_value(vec![
         obs().join("prometheus/rules/recording.yml").display().to_string(),
         dir.join("alerts.yml").display().to_string(),
     ])
     .unwrap();
     doc["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] =
-        serde_yaml::to_value(vec![alertmanager.to_string()]).unwrap();
+        serde_norway::to_value(vec![alertmanager.to_string()]).unwrap();
     // Only the shortlink jobs (this test runs no second Prometheus).
     let jobs = doc["scrape_configs"].as_sequence_mut().unwrap();
     jobs.retain(|j| ["edge", "links", "consumers"].contains(&s(&j["job_name"])));
-    serde_yaml::to_string(&doc).unwrap()
+    serde_norway::to_string(&doc).unwrap()
 }
 
 /// The project's Alertmanager config with the test's alerter and short
@@ -748,7 +748,7 @@ fn alertmanager_overlay(alerter: SocketAddr) -> String {
         "http://alerter:9183/alertmanager",
         &format!("http://{alerter}/alertmanager"),
     );
-    let mut doc: Yaml = serde_yaml::from_str(&text).unwrap();
+    let mut doc: Yaml = serde_norway::from_str(&text).unwrap();
     let route = &mut doc["route"];
     route["group_wait"] = Yaml::from("1s");
     route["group_interval"] = Yaml::from("2s");
@@ -757,7 +757,7 @@ fn alertmanager_overlay(alerter: SocketAddr) -> String {
         r["group_wait"] = Yaml::from(if critical { "5s" } else { "1s" });
         r["group_interval"] = Yaml::from("2s");
     }
-    serde_yaml::to_string(&doc).unwrap()
+    serde_norway::to_string(&doc).unwrap()
 }
 
 fn write_targets(dir: &Path, edge: &EdgeProc, replicas: &[SocketAddr], alerter: SocketAddr) {
@@ -913,8 +913,6 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
     assert!(m["instance_id"].is_string() && m.get("exported_instance").is_none(), "{body}");
 
     // 1. A links replica dies: target down -> Alertmanager -> alerter -> Discord.
-    let (user, _) = support::user_and_link(edge.http, &format!("obs{}", &random_suffix()[..8])).await;
-    let _ = user;
     let r2_addr = r2.http.to_string();
     let killed = Instant::now();
     drop(r2); // SIGKILL
@@ -926,7 +924,7 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
         .unwrap_or_else(|| {
             panic!(
                 "no target-down embed; Prometheus: {:?}; posts: {:?}",
-                futures_alerts(prom),
+                prom_alerts_blocking(prom),
                 discord.alerts()
             )
         });
@@ -1046,7 +1044,7 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
 
 /// For failure messages: Prometheus's alerts, fetched on a fresh runtime
 /// thread (a panic message cannot await).
-fn futures_alerts(prom: SocketAddr) -> String {
+fn prom_alerts_blocking(prom: SocketAddr) -> String {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
