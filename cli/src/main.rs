@@ -293,10 +293,7 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
     let data_dir = links_cfg.db.data_dir.clone();
     if !matches!(args.bus_metrics_addr.as_str(), "off" | "none" | "") {
         let addr: std::net::SocketAddr = args.bus_metrics_addr.parse().map_err(|e| {
-            ConfigError::new(format!(
-                "BUS_METRICS_ADDR {:?}: {e}",
-                args.bus_metrics_addr
-            ))
+            ConfigError::new(format!("BUS_METRICS_ADDR {:?}: {e}", args.bus_metrics_addr))
         })?;
         runtime.block_on(shortlink_consumers::serve_metrics(
             addr,

@@ -114,11 +114,12 @@ fn prometheus_and_alertmanager_configs_check_and_every_rule_unit_test_passes() {
     for f in rule_files() {
         run_ok(tool("promtool").args(["check", "rules"]).arg(&f));
     }
-    let out = run_ok(
-        tool("promtool")
-            .current_dir(&dir)
-            .args(["test", "rules", "tests/alerts_test.yml"]),
-    );
+    let out =
+        run_ok(
+            tool("promtool")
+                .current_dir(&dir)
+                .args(["test", "rules", "tests/alerts_test.yml"]),
+        );
     assert!(out.contains("SUCCESS"), "{out}");
     // The file_sd target files of both local topologies.
     for sub in ["targets", "targets-ha"] {
@@ -213,7 +214,12 @@ fn every_alert_is_complete_unit_tested_documented_and_has_a_runbook() {
             .as_sequence()
             .unwrap()
             .iter()
-            .flat_map(|t| t["alert_rule_test"].as_sequence().cloned().unwrap_or_default())
+            .flat_map(|t| {
+                t["alert_rule_test"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .filter(|c| s(&c["alertname"]) == name)
             .map(|c| c["exp_alerts"].as_sequence().is_some_and(|e| !e.is_empty()))
             .collect();
@@ -232,7 +238,10 @@ fn every_alert_is_complete_unit_tested_documented_and_has_a_runbook() {
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| w.starts_with("Shortlink") && w.len() > 9)
     {
-        assert!(names.contains(word), "alertmanager.yml names unknown alert {word}");
+        assert!(
+            names.contains(word),
+            "alertmanager.yml names unknown alert {word}"
+        );
     }
 }
 
@@ -278,13 +287,17 @@ fn registered_in_code() -> BTreeSet<String> {
                     && let Some(end) = lit.find('"')
                 {
                     let name = &lit[..end];
-                    if name.contains('_') && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    if name.contains('_')
+                        && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    {
                         names.insert(format!("shortlink_{name}"));
                     }
                 }
             }
             for part in text.split('"').skip(1).step_by(2) {
-                if part.starts_with("process_") && part.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                if part.starts_with("process_")
+                    && part.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                {
                     names.insert(format!("shortlink_{part}"));
                 }
             }
@@ -344,7 +357,11 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
                         .replace("$component", ".+")
                         .replace("$route", ".+")
                         .replace("$group", ".+");
-                    out.push((file.to_owned(), p["title"].as_str().unwrap_or("").to_owned(), e));
+                    out.push((
+                        file.to_owned(),
+                        p["title"].as_str().unwrap_or("").to_owned(),
+                        e,
+                    ));
                 }
             }
             walk(&p["panels"], file, out);
@@ -352,9 +369,16 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
     }
     let mut out = Vec::new();
     let dir = obs().join("grafana/dashboards");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
-    for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "json")) {
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "json"))
+    {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
@@ -377,12 +401,19 @@ fn grafana_dashboards_are_provisioned_and_every_panel_query_parses() {
     for f in std::fs::read_dir(&dir).unwrap().flatten() {
         let text = std::fs::read_to_string(f.path()).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
-        assert!(uids.insert(v["uid"].as_str().unwrap().to_owned()), "duplicate uid");
+        assert!(
+            uids.insert(v["uid"].as_str().unwrap().to_owned()),
+            "duplicate uid"
+        );
         // Every data source reference is the provisioned one.
         for (i, _) in text.match_indices("\"datasource\"") {
             let after = &text[i..text.len().min(i + 200)];
             if after.contains("\"uid\"") {
-                assert!(after.contains(&uid), "{}: a panel names another data source: {after}", f.path().display());
+                assert!(
+                    after.contains(&uid),
+                    "{}: a panel names another data source: {after}",
+                    f.path().display()
+                );
             }
         }
     }
@@ -399,10 +430,15 @@ fn grafana_dashboards_are_provisioned_and_every_panel_query_parses() {
     let file = std::env::temp_dir().join(format!("shortlink-dashboards-{}.yml", random_suffix()));
     std::fs::write(
         &file,
-        serde_norway::to_string(&json!({"groups": [{"name": "dashboards", "rules": rules}]})).unwrap(),
+        serde_norway::to_string(&json!({"groups": [{"name": "dashboards", "rules": rules}]}))
+            .unwrap(),
     )
     .unwrap();
-    let out = tool("promtool").args(["check", "rules"]).arg(&file).output().unwrap();
+    let out = tool("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&file);
     assert!(
         out.status.success(),
@@ -414,7 +450,10 @@ fn grafana_dashboards_are_provisioned_and_every_panel_query_parses() {
     let recorded = recorded_names();
     for (f, title, e) in &queries {
         for r in names_in_expr(e).1 {
-            assert!(recorded.contains(&r), "{f} / {title}: unknown recording rule {r}");
+            assert!(
+                recorded.contains(&r),
+                "{f} / {title}: unknown recording rule {r}"
+            );
         }
     }
 }
@@ -428,7 +467,12 @@ fn check_metrics(what: &str, body: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
@@ -498,7 +542,10 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
     for e in [edge.http, up_edge] {
         let (_, code) = support::user_and_link(e, &format!("obs{}", &random_suffix()[..8])).await;
         support::redirect_n(e, &code, 3).await;
-        assert_eq!(http(e, "GET", "/nothere-at-all", &[], b"").await.status, 404);
+        assert_eq!(
+            http(e, "GET", "/nothere-at-all", &[], b"").await.status,
+            404
+        );
     }
     // Let the bus record lag and the links health loop its dependencies.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -545,7 +592,8 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
     let (_, links_metrics) = http_get(replica.http, "/metrics").await;
     assert!(
         links_metrics.contains("shortlink_dependency_up{backend=\"redis\",dependency=\"cache\"")
-            && links_metrics.contains("shortlink_dependency_up{backend=\"postgres\",dependency=\"database\""),
+            && links_metrics
+                .contains("shortlink_dependency_up{backend=\"postgres\",dependency=\"database\""),
         "{links_metrics}"
     );
 
@@ -612,7 +660,9 @@ impl Discord {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
                     let body = loop {
-                        let Ok(n) = s.read(&mut chunk).await else { return };
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -695,12 +745,20 @@ async fn start_tool(bin: &str, args: &[String], addr: SocketAddr, log: &Path) ->
     let mut p = Proc(child);
     let ok = eventually(Duration::from_secs(30), async || {
         if let Some(s) = p.0.try_wait().unwrap() {
-            panic!("{bin} exited: {s}\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "{bin} exited: {s}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
-        tokio::net::TcpStream::connect(addr).await.is_ok() && http_get(addr, "/-/ready").await.0 == 200
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http_get(addr, "/-/ready").await.0 == 200
     })
     .await;
-    assert!(ok, "{bin} not ready:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    assert!(
+        ok,
+        "{bin} not ready:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
     p
 }
 
@@ -726,7 +784,10 @@ fn prometheus_overlay(dir: &Path, alertmanager: SocketAddr) -> String {
     doc["global"]["scrape_timeout"] = Yaml::from("1s");
     doc["global"]["evaluation_interval"] = Yaml::from("1s");
     doc["rule_files"] = serde_norway::to_value(vec![
-        obs().join("prometheus/rules/recording.yml").display().to_string(),
+        obs()
+            .join("prometheus/rules/recording.yml")
+            .display()
+            .to_string(),
         dir.join("alerts.yml").display().to_string(),
     ])
     .unwrap();
@@ -771,7 +832,11 @@ fn write_targets(dir: &Path, edge: &EdgeProc, replicas: &[SocketAddr], alerter: 
         .unwrap();
     };
     file("edge.json", vec![edge.metrics.to_string()], "edge");
-    file("links.json", replicas.iter().map(|a| a.to_string()).collect(), "links");
+    file(
+        "links.json",
+        replicas.iter().map(|a| a.to_string()).collect(),
+        "links",
+    );
     file("consumers.json", vec![alerter.to_string()], "alerter");
     std::fs::write(t.join("admin.json"), "[]").unwrap();
 }
@@ -848,7 +913,10 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
         &[
             ("ALERTER_HTTP_ADDR", alerter_http.to_string()),
             ("CONSUMER_METRICS_ADDR", alerter_metrics.to_string()),
-            ("ALERT_WEBHOOK_URLS", format!("http://{hook}/api/webhooks/1/token")),
+            (
+                "ALERT_WEBHOOK_URLS",
+                format!("http://{hook}/api/webhooks/1/token"),
+            ),
             ("ALERT_MIN_INTERVAL_MS", "100".into()),
         ],
     );
@@ -862,10 +930,22 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
     );
     std::fs::write(dir.join("alerts.yml"), alerts_overlay("3s")).unwrap();
     std::fs::write(dir.join("prometheus.yml"), prometheus_overlay(&dir, am)).unwrap();
-    std::fs::write(dir.join("alertmanager.yml"), alertmanager_overlay(alerter_http)).unwrap();
+    std::fs::write(
+        dir.join("alertmanager.yml"),
+        alertmanager_overlay(alerter_http),
+    )
+    .unwrap();
     write_targets(&dir, &edge, &[r1.http, r2.http], alerter_metrics);
-    run_ok(tool("promtool").args(["check", "config"]).arg(dir.join("prometheus.yml")));
-    run_ok(tool("amtool").arg("check-config").arg(dir.join("alertmanager.yml")));
+    run_ok(
+        tool("promtool")
+            .args(["check", "config"])
+            .arg(dir.join("prometheus.yml")),
+    );
+    run_ok(
+        tool("amtool")
+            .arg("check-config")
+            .arg(dir.join("alertmanager.yml")),
+    );
 
     let _am = start_tool(
         "prometheus-alertmanager",
@@ -900,7 +980,11 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
         r.len() == 4 && r.iter().all(|s| s["value"][1] == "1")
     })
     .await;
-    assert!(all_up, "targets: {}", get_json(prom, "/api/v1/targets").await);
+    assert!(
+        all_up,
+        "targets: {}",
+        get_json(prom, "/api/v1/targets").await
+    );
     let q = format!(
         "/api/v1/query?query=shortlink_build_info%7Binstance%3D%22{}%22%7D",
         r2.http
@@ -910,7 +994,10 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
     let m = &v["data"]["result"][0]["metric"];
     assert_eq!(m["component"], "links", "{body}");
     assert_eq!(m["job"], "links", "{body}");
-    assert!(m["instance_id"].is_string() && m.get("exported_instance").is_none(), "{body}");
+    assert!(
+        m["instance_id"].is_string() && m.get("exported_instance").is_none(),
+        "{body}"
+    );
 
     // 1. A links replica dies: target down -> Alertmanager -> alerter -> Discord.
     let r2_addr = r2.http.to_string();
@@ -985,7 +1072,13 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
         .unwrap_or_else(|| {
             panic!(
                 "no availability page; statuses {:?}; posts {:?}",
-                statuses.lock().unwrap().iter().rev().take(20).collect::<Vec<_>>(),
+                statuses
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>(),
                 discord.alerts()
             )
         });
@@ -1001,11 +1094,17 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
     assert!(route_fires, "{:?}", prom_alerts(prom).await);
     // ...and Alertmanager holds it inhibited by the availability page.
     let inhibited = eventually(Duration::from_secs(30), async || {
-        let v = get_json(am, "/api/v2/alerts?inhibited=true&silenced=true&active=true").await;
+        let v = get_json(
+            am,
+            "/api/v2/alerts?inhibited=true&silenced=true&active=true",
+        )
+        .await;
         v.as_array().into_iter().flatten().any(|a| {
             a["labels"]["alertname"] == "ShortlinkHttp5xxRatioHigh"
                 && a["status"]["state"] == "suppressed"
-                && a["status"]["inhibitedBy"].as_array().is_some_and(|i| !i.is_empty())
+                && a["status"]["inhibitedBy"]
+                    .as_array()
+                    .is_some_and(|i| !i.is_empty())
         })
     })
     .await;
@@ -1077,12 +1176,24 @@ fn otel_collector_config_defines_every_component_its_pipelines_use() {
             );
         }
     }
-    let processors: Vec<&str> = traces["processors"].as_sequence().unwrap().iter().map(s).collect();
+    let processors: Vec<&str> = traces["processors"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
     assert!(processors.contains(&"batch"), "{processors:?}");
     let exporter = traces["exporters"][0].as_str().unwrap();
-    assert!(exporter.starts_with("otlp"), "{exporter}: OTLP out to the trace viewer");
+    assert!(
+        exporter.starts_with("otlp"),
+        "{exporter}: OTLP out to the trace viewer"
+    );
     assert!(s(&c["exporters"][exporter]["endpoint"]).contains("4317"));
-    for ext in c["service"]["extensions"].as_sequence().into_iter().flatten() {
+    for ext in c["service"]["extensions"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
         assert!(c["extensions"].get(s(ext)).is_some(), "extension {ext:?}");
     }
 }

@@ -195,7 +195,10 @@ pub fn run_with_bus(
                     .expect("valid metric"),
                 )
                 .set(t),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot read the certificate's expiry"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot read the certificate's expiry"
+            ),
         }
         tls.set_certificate_chain_file(&cert.display().to_string())?;
         tls.set_private_key_file(&key.display().to_string())?;

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::process_metrics::ProcessCollector;
@@ -56,11 +55,7 @@ impl Metrics {
             )
             .expect("valid metric"),
         )
-        .with_label_values(&[
-            crate::VERSION,
-            std::env::consts::OS,
-            std::env::consts::ARCH,
-        ])
+        .with_label_values(&[crate::VERSION, std::env::consts::OS, std::env::consts::ARCH])
         .set(1);
         m
     }
@@ -190,7 +185,10 @@ mod tests {
                 .to_owned()
         };
         let build = line("shortlink_build_info{");
-        assert!(build.contains(&format!("version=\"{}\"", crate::VERSION)), "{build}");
+        assert!(
+            build.contains(&format!("version=\"{}\"", crate::VERSION)),
+            "{build}"
+        );
         assert!(build.contains("component=\"links\""), "{build}");
         assert!(build.ends_with(" 1"), "{build}");
         if cfg!(target_os = "linux") {

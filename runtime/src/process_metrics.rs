@@ -33,7 +33,10 @@ const METRICS: &[(&str, &str)] = &[
         "Virtual memory size in bytes.",
     ),
     ("process_open_fds", "Number of open file descriptors."),
-    ("process_max_fds", "Maximum number of open file descriptors."),
+    (
+        "process_max_fds",
+        "Maximum number of open file descriptors.",
+    ),
     (
         "process_start_time_seconds",
         "Start time of the process since unix epoch in seconds.",
@@ -173,9 +176,7 @@ impl Collector for ProcessCollector {
         METRICS
             .iter()
             .zip(values)
-            .filter_map(|((name, help), v)| {
-                Some(family(name, help, name.ends_with("_total"), v?))
-            })
+            .filter_map(|((name, help), v)| Some(family(name, help, name.ends_with("_total"), v?)))
             .collect()
     }
 }
@@ -223,7 +224,10 @@ mod tests {
             .unwrap()
             .as_secs_f64();
         let start = s.start_time_seconds.unwrap();
-        assert!(start <= now + 1.0 && start > now - 86_400.0 * 365.0, "{s:?}");
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0 * 365.0,
+            "{s:?}"
+        );
         assert!(s.cpu_seconds.unwrap() >= 0.0);
     }
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use prometheus::{IntGaugeVec, Opts};
 use serde_json::{Map, json};
 use shortlink_proto::v1::event_service_server::EventServiceServer;
 use shortlink_proto::v1::link_service_server::LinkServiceServer;
 use shortlink_proto::v1::user_service_server::UserServiceServer;
-use prometheus::{IntGaugeVec, Opts};
 use shortlink_runtime::breaker::State;
 use shortlink_runtime::grpc_layer::ObservabilityLayer;
 use shortlink_runtime::metrics::{Metrics, RpcMetrics};
