@@ -490,7 +490,14 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
     let db = TestDb::new().await;
     shortlink_testkit::require_redis().await;
     let replica = Replica::start(&links_env(&db, &[])).await;
-    let edge = EdgeProc::start(&[replica.grpc], &[]).await;
+    let edge = EdgeProc::start(
+        &[replica.grpc],
+        &[
+            ("REDIS_URL", shortlink_testkit::redis_url()),
+            ("ABUSE_KEY_PREFIX", format!("test:{}:", random_suffix())),
+        ],
+    )
+    .await;
 
     let (admin_grpc, admin_http) = (free_port(), free_port());
     let mut admin = spawn_raw(
@@ -589,6 +596,13 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
     ] {
         assert!(live.contains(must), "{must} is not exported: {live:?}");
     }
+    let (_, edge_metrics) = http_get(edge.metrics, "/metrics").await;
+    assert!(
+        edge_metrics.lines().any(|l| l
+            .starts_with("shortlink_dependency_up{backend=\"redis\",dependency=\"abuse_state\"")
+            && l.ends_with(" 1")),
+        "{edge_metrics}"
+    );
     let (_, links_metrics) = http_get(replica.http, "/metrics").await;
     assert!(
         links_metrics.contains("shortlink_dependency_up{backend=\"redis\",dependency=\"cache\"")

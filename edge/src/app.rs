@@ -96,6 +96,23 @@ pub fn run_with_bus(
             metrics.clone(),
         );
         guard.sync().await;
+        if guard.store().shared() {
+            // For ShortlinkRedisUnreachable, like the links replicas' cache.
+            let up = registry
+                .register(
+                    prometheus::IntGaugeVec::new(
+                        prometheus::Opts::new(
+                            "dependency_up",
+                            "1 when the shared abuse state (Redis) answered its last call, else 0.",
+                        ),
+                        &["dependency", "backend"],
+                    )
+                    .expect("valid metric"),
+                )
+                .with_label_values(&["abuse_state", "redis"]);
+            let store = guard.store().clone();
+            registry.on_scrape(move || up.set(i64::from(store.redis_up())));
+        }
         guard.start(Duration::from_secs(5), shutdown.clone());
         anyhow::Ok((upstreams, guard))
     })?;
