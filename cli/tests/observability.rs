@@ -1030,6 +1030,30 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
             )
         });
     let kill_to_embed = fired.duration_since(killed);
+    // The embed names the target and the runbook.
+    let embed = discord
+        .posts
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, v)| v["embeds"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["title"] == "[FIRING] ShortlinkTargetDown")
+        .expect("a single-alert embed");
+    let field = |name: &str| {
+        embed["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["name"] == name)
+            .map(|f| f["value"].clone())
+    };
+    assert_eq!(field("instance"), Some(json!(r2_addr)), "{embed}");
+    assert_eq!(field("severity"), Some(json!("warning")), "{embed}");
+    assert_eq!(
+        field("runbook"),
+        Some(json!("docs/RUNBOOKS.md#shortlinktargetdown")),
+        "{embed}"
+    );
     let r2 = Replica::start_on(r2_grpc, r2_http, &env).await;
     let back = Instant::now();
     let resolved = discord
