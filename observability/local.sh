@@ -21,20 +21,21 @@ case "$topology" in
   *) die "usage: $0 [up|ha]" ;;
 esac
 
-# The config is read from observability/prometheus, so that rule files and
-# file_sd targets resolve; only the target directory differs.
-sed "s#\"targets/#\"$targets/#" observability/prometheus/prometheus-local.yml \
-  > observability/prometheus/.prometheus-run.yml
+# The project's files with absolute paths to the rules and the chosen
+# topology's file_sd targets (Prometheus re-reads those when they change).
+dir="$PWD/observability/prometheus"
+sed -e "s#- rules/#- $dir/rules/#" -e "s#\"targets/#\"$dir/$targets/#" \
+  observability/prometheus/prometheus-local.yml > "$out/prometheus.yml"
 sed "s#http://alerter:9183#$alerter#" observability/alertmanager/alertmanager.yml \
   > "$out/alertmanager.yml"
 
-promtool check config observability/prometheus/.prometheus-run.yml >/dev/null
+promtool check config "$out/prometheus.yml" >/dev/null
 amtool check-config "$out/alertmanager.yml" >/dev/null
 
-trap 'kill $(jobs -p) 2>/dev/null; rm -f observability/prometheus/.prometheus-run.yml' EXIT
+trap 'kill $(jobs -p) 2>/dev/null' EXIT
 prometheus-alertmanager --config.file="$out/alertmanager.yml" --storage.path="$out/alertmanager" \
   --web.listen-address=127.0.0.1:9093 --cluster.listen-address= &
-prometheus --config.file=observability/prometheus/.prometheus-run.yml \
+prometheus --config.file="$out/prometheus.yml" \
   --storage.tsdb.path="$out/prometheus" --web.listen-address=127.0.0.1:9090 &
 log "Prometheus http://127.0.0.1:9090  Alertmanager http://127.0.0.1:9093  ($topology; alerts to $alerter/alertmanager)"
 wait
