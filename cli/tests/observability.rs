@@ -522,6 +522,34 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
         ],
     );
     wait_http_ok(&mut alerter, alerter_metrics, "/metrics").await;
+    // The other consumers, each with its metrics listener.
+    let consumer_dir = std::env::temp_dir().join(format!("shortlink-obs-c-{}", random_suffix()));
+    std::fs::create_dir_all(&consumer_dir).unwrap();
+    let mut consumers = Vec::new();
+    for (kind, extra) in [
+        ("log-printer", vec![]),
+        (
+            "analytics",
+            vec![("LINKS_ADDR", replica.grpc.to_string())],
+        ),
+        (
+            "dashboard-ingest",
+            vec![
+                (
+                    "DASHBOARD_DATABASE_URL",
+                    format!("sqlite://{}/dash.db?mode=rwc", consumer_dir.display()),
+                ),
+                ("DASHBOARD_INGEST_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ],
+        ),
+    ] {
+        let m: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut env = vec![("CONSUMER_METRICS_ADDR", m.to_string())];
+        env.extend(extra);
+        let mut p = spawn_raw(&[kind], &env);
+        wait_http_ok(&mut p, m, "/metrics").await;
+        consumers.push((kind, p, m));
+    }
 
     // `up`: its bus (the consumers' lag) on BUS_METRICS_ADDR.
     let dir = std::env::temp_dir().join(format!("shortlink-obs-up-{}", random_suffix()));
@@ -562,6 +590,9 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
         ("links", replica.http),
         ("admin", admin_http),
         ("alerter", alerter_metrics),
+        ("log-printer", consumers[0].2),
+        ("analytics", consumers[1].2),
+        ("dashboard-ingest", consumers[2].2),
         ("up: edge", addr(4).parse().unwrap()),
         ("up: links", addr(1).parse().unwrap()),
         ("up: bus", addr(7).parse().unwrap()),
@@ -649,7 +680,8 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
     up.sigterm();
     let _ = up.wait_exit(Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(dir);
-    drop((admin, alerter, edge, replica));
+    drop((admin, alerter, consumers, edge, replica));
+    let _ = std::fs::remove_dir_all(consumer_dir);
 }
 
 // ---------------------------------------------------------------------
