@@ -528,10 +528,7 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
     let mut consumers = Vec::new();
     for (kind, extra) in [
         ("log-printer", vec![]),
-        (
-            "analytics",
-            vec![("LINKS_ADDR", replica.grpc.to_string())],
-        ),
+        ("analytics", vec![("LINKS_ADDR", replica.grpc.to_string())]),
         (
             "dashboard-ingest",
             vec![
@@ -539,7 +536,10 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
                     "DASHBOARD_DATABASE_URL",
                     format!("sqlite://{}/dash.db?mode=rwc", consumer_dir.display()),
                 ),
-                ("DASHBOARD_INGEST_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+                (
+                    "DASHBOARD_INGEST_HTTP_ADDR",
+                    format!("127.0.0.1:{}", free_port()),
+                ),
             ],
         ),
     ] {
