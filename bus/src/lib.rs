@@ -185,8 +185,19 @@ pub fn publish_json<T: serde::Serialize>(
     }
 }
 
-/// Builds the bus the arguments describe.
+/// Builds the bus the arguments describe, and registers
+/// `bus_producer_queue_capacity` (the bound `shortlink_bus_events_pending`
+/// is measured against) on `metrics`.
 pub fn connect(args: &BusArgs, metrics: &Metrics) -> anyhow::Result<Arc<dyn EventBus>> {
+    let capacity = prometheus::IntGauge::new(
+        "bus_producer_queue_capacity",
+        "Events the local producer queue holds at most (KAFKA_PRODUCER_QUEUE); \
+         bus_events_pending over this is how full the queue is.",
+    )
+    .expect("valid metric");
+    capacity.set(i64::try_from(args.producer_queue).unwrap_or(i64::MAX));
+    // A second bus on the same registry keeps the first one's gauge.
+    let _ = metrics.registry().register(Box::new(capacity));
     match args
         .kafka_brokers
         .as_deref()

@@ -72,6 +72,12 @@ struct UpArgs {
     /// rows already present are skipped.
     #[arg(long)]
     seed: Option<PathBuf>,
+    /// Where to serve `/metrics` of the process's event bus and its
+    /// consumers (events published, dropped, pending; lag per group and
+    /// partition), next to the edge's and the links service's own ports.
+    /// `off` disables it.
+    #[arg(long, env = "BUS_METRICS_ADDR", default_value = "127.0.0.1:9185")]
+    bus_metrics_addr: String,
 }
 
 /// Edge settings for `up`, read from the environment only.
@@ -285,6 +291,16 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
         metrics_addr: None,
     };
     let data_dir = links_cfg.db.data_dir.clone();
+    if !matches!(args.bus_metrics_addr.as_str(), "off" | "none" | "") {
+        let addr: std::net::SocketAddr = args.bus_metrics_addr.parse().map_err(|e| {
+            ConfigError::new(format!("BUS_METRICS_ADDR {:?}: {e}", args.bus_metrics_addr))
+        })?;
+        runtime.block_on(shortlink_consumers::serve_metrics(
+            addr,
+            metrics.clone(),
+            shutdown.clone(),
+        ))?;
+    }
     let app = runtime.block_on(async {
         if let Some(dir) = &args.seed {
             let cfg = links_cfg.db.store_config()?;

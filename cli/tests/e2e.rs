@@ -214,6 +214,10 @@ async fn up_runs_links_and_edge_on_the_embedded_default_with_the_seed() {
                 "DASHBOARD_INGEST_HTTP_ADDR",
                 format!("127.0.0.1:{}", shortlink_testkit::free_port()),
             ),
+            (
+                "BUS_METRICS_ADDR",
+                format!("127.0.0.1:{}", shortlink_testkit::free_port()),
+            ),
         ],
     );
     wait_ready(&mut p, ports.http).await;

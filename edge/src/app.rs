@@ -96,6 +96,23 @@ pub fn run_with_bus(
             metrics.clone(),
         );
         guard.sync().await;
+        if guard.store().shared() {
+            // For ShortlinkRedisUnreachable, like the links replicas' cache.
+            let up = registry
+                .register(
+                    prometheus::IntGaugeVec::new(
+                        prometheus::Opts::new(
+                            "dependency_up",
+                            "1 when the shared abuse state (Redis) answered its last call, else 0.",
+                        ),
+                        &["dependency", "backend"],
+                    )
+                    .expect("valid metric"),
+                )
+                .with_label_values(&["abuse_state", "redis"]);
+            let store = guard.store().clone();
+            registry.on_scrape(move || up.set(i64::from(store.redis_up())));
+        }
         guard.start(Duration::from_secs(5), shutdown.clone());
         anyhow::Ok((upstreams, guard))
     })?;
@@ -184,6 +201,23 @@ pub fn run_with_bus(
         let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCounter(
             metrics.tls_handshakes.clone(),
         )))?;
+        // The expiry of what is served (configured or self-signed), for
+        // ShortlinkCertificateExpiringSoon.
+        match crate::tls::not_after(&cert) {
+            Ok(t) => registry
+                .register(
+                    prometheus::IntGauge::new(
+                        "tls_certificate_expiry_timestamp_seconds",
+                        "When the served TLS certificate expires, in seconds since the Unix epoch.",
+                    )
+                    .expect("valid metric"),
+                )
+                .set(t),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot read the certificate's expiry"
+            ),
+        }
         tls.set_certificate_chain_file(&cert.display().to_string())?;
         tls.set_private_key_file(&key.display().to_string())?;
         tls.enable_h2();

@@ -39,6 +39,19 @@ pub fn material(
     Ok((c, k))
 }
 
+/// When the PEM certificate at `path` (its first certificate: the leaf)
+/// stops being valid, in seconds since the Unix epoch; exported as
+/// `shortlink_tls_certificate_expiry_timestamp_seconds`.
+pub fn not_after(path: &Path) -> anyhow::Result<i64> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{} is not a PEM certificate: {e}", path.display()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("{} is not an X.509 certificate: {e}", path.display()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
@@ -73,6 +86,22 @@ mod tests {
         );
         let (c2, _) = super::material(None, None, &dir).unwrap();
         assert_eq!(pem1, std::fs::read_to_string(c2).unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn not_after_reads_the_certificate_expiry() {
+        let dir = std::env::temp_dir().join(format!("shortlink-tls-exp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.join("c.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
+        assert_eq!(super::not_after(&path).unwrap(), 1_936_742_400);
+        std::fs::write(&path, "not a certificate").unwrap();
+        assert!(super::not_after(&path).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

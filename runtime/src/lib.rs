@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod config;
 pub mod grpc_layer;
 pub mod metrics;
+pub mod process_metrics;
 pub mod redact;
 pub mod redis_conn;
 pub mod request_id;

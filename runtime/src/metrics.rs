@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::process_metrics::ProcessCollector;
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
@@ -27,7 +29,8 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// A registry whose metrics all carry the `component` and `instance`
-    /// constant labels.
+    /// constant labels, with the process metrics (`shortlink_process_*`)
+    /// and `shortlink_build_info` already registered.
     pub fn new(component: &str, instance: &str) -> Arc<Self> {
         let labels = [
             ("component".to_owned(), component.to_owned()),
@@ -37,10 +40,24 @@ impl Metrics {
         .collect();
         let registry = Registry::new_custom(Some("shortlink".into()), Some(labels))
             .expect("static registry options are valid");
-        Arc::new(Self {
+        let m = Arc::new(Self {
             registry,
             hooks: Mutex::new(Vec::new()),
-        })
+        });
+        m.register(ProcessCollector::new());
+        m.register(
+            IntGaugeVec::new(
+                Opts::new(
+                    "build_info",
+                    "Always 1; the labels name the build: version and the Rust target.",
+                ),
+                &["version", "target_os", "target_arch"],
+            )
+            .expect("valid metric"),
+        )
+        .with_label_values(&[crate::VERSION, std::env::consts::OS, std::env::consts::ARCH])
+        .set(1);
+        m
     }
 
     /// The underlying registry, to register collectors.
@@ -150,5 +167,38 @@ pub fn grpc_code_name(code: i32) -> &'static str {
         15 => "DATA_LOSS",
         16 => "UNAUTHENTICATED",
         _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registry_has_process_and_build_info_metrics() {
+        let m = Metrics::new("links", "links-1");
+        let text = m.render();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .to_owned()
+        };
+        let build = line("shortlink_build_info{");
+        assert!(
+            build.contains(&format!("version=\"{}\"", crate::VERSION)),
+            "{build}"
+        );
+        assert!(build.contains("component=\"links\""), "{build}");
+        assert!(build.ends_with(" 1"), "{build}");
+        if cfg!(target_os = "linux") {
+            let rss = line("shortlink_process_resident_memory_bytes{");
+            assert!(rss.contains("instance=\"links-1\""), "{rss}");
+            let v: f64 = rss.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(v > 0.0, "{rss}");
+            assert!(text.contains("# TYPE shortlink_process_cpu_seconds_total counter"));
+            line("shortlink_process_open_fds{");
+            line("shortlink_process_start_time_seconds{");
+        }
     }
 }

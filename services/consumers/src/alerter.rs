@@ -324,13 +324,29 @@ fn alertmanager_alerts(v: &Value) -> Vec<Alert> {
                         .as_str()
                         .unwrap_or(&summary)
                         .to_owned();
+                    // Where it is and what to read: the labels that name the
+                    // target, and the runbook.
+                    let mut fields = vec![("severity".to_owned(), severity.to_owned())];
+                    for label in ["component", "instance", "job", "route", "group"] {
+                        if let Some(v) = a["labels"][label].as_str() {
+                            fields.push((label.to_owned(), v.chars().take(200).collect()));
+                        }
+                    }
+                    if let Some(r) = a["annotations"]["runbook_url"].as_str() {
+                        fields.push(("runbook".to_owned(), r.chars().take(300).collect()));
+                    }
+                    let time = if status == "resolved" {
+                        a["endsAt"].as_str()
+                    } else {
+                        a["startsAt"].as_str()
+                    };
                     Alert {
                         key: format!("am {name} {status}"),
                         title: format!("[{}] {name}", status.to_ascii_uppercase()),
                         description,
                         level,
-                        fields: vec![("severity".into(), severity.to_owned())],
-                        time: a["startsAt"].as_str().unwrap_or("").to_owned(),
+                        fields,
+                        time: time.unwrap_or("").to_owned(),
                     }
                 })
                 .collect()
@@ -441,5 +457,39 @@ mod tests {
         let a = alertmanager_alerts(&v);
         assert_eq!(a[0].title, "[FIRING] EdgeDown");
         assert_eq!(a[0].level, Level::Critical);
+    }
+
+    #[test]
+    fn alertmanager_alerts_name_their_target_and_runbook() {
+        let v = json!({"alerts": [{"status": "resolved",
+            "labels": {"alertname": "ShortlinkTargetDown", "severity": "warning", "job": "links",
+                       "instance": "links-2:9181", "component": "links"},
+            "annotations": {"summary": "s", "description": "links-2 down",
+                            "runbook_url": "docs/RUNBOOKS.md#shortlinktargetdown"},
+            "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2026-01-01T00:05:00Z"}]});
+        let a = &alertmanager_alerts(&v)[0];
+        assert_eq!(a.title, "[RESOLVED] ShortlinkTargetDown");
+        assert_eq!(a.level, Level::Info);
+        assert_eq!(
+            a.time, "2026-01-01T00:05:00Z",
+            "a resolution is dated by its end"
+        );
+        let f: Vec<(&str, &str)> = a
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            f,
+            [
+                ("severity", "warning"),
+                ("component", "links"),
+                ("instance", "links-2:9181"),
+                ("job", "links"),
+                ("runbook", "docs/RUNBOOKS.md#shortlinktargetdown"),
+            ]
+        );
+        let embed = &message(std::slice::from_ref(a))["embeds"][0];
+        assert_eq!(embed["fields"][2]["value"], "links-2:9181");
     }
 }

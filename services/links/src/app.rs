@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use prometheus::{IntGaugeVec, Opts};
 use serde_json::{Map, json};
 use shortlink_proto::v1::event_service_server::EventServiceServer;
 use shortlink_proto::v1::link_service_server::LinkServiceServer;
@@ -154,6 +155,10 @@ async fn compact_list_counts(store: Arc<dyn LinkStore>, every: Duration, shutdow
 /// Readiness and health of a links replica.
 struct LinksHealth {
     core: Arc<LinksCore>,
+    /// `shortlink_dependency_up{dependency, backend}`: 1 when the last
+    /// check reached the dependency (set on every check, so the health
+    /// loop keeps it fresh between scrapes).
+    deps: IntGaugeVec,
 }
 
 impl HealthCheck for LinksHealth {
@@ -178,6 +183,12 @@ impl HealthCheck for LinksHealth {
                 problems.push(format!("cache: {e}"));
             }
             let ready = db.is_ok() && breaker != State::Open;
+            self.deps
+                .with_label_values(&["database", core.store().backend()])
+                .set(i64::from(db.is_ok()));
+            self.deps
+                .with_label_values(&["cache", core.cache().backend()])
+                .set(i64::from(cache.is_ok()));
             let mut details = Map::new();
             details.insert(
                 "database".into(),
@@ -342,6 +353,16 @@ impl App {
 
         let health = Arc::new(LinksHealth {
             core: self.core.clone(),
+            deps: self.metrics.register(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "dependency_up",
+                        "1 when the last health check reached the dependency (database, cache), else 0; by backend.",
+                    ),
+                    &["dependency", "backend"],
+                )
+                .expect("valid metric"),
+            ),
         });
 
         // Publish readiness to grpc.health.v1 until shutdown.

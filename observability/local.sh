@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs Prometheus and Alertmanager against a local shortlink:
+#   observability/local.sh          # `shortlink up` (edge 9180, links 9181, bus 9185)
+#   observability/local.sh ha       # the distributed topology of README.md
+# Prometheus on 127.0.0.1:9090, Alertmanager on 127.0.0.1:9093, sending to
+# the alerter on 127.0.0.1:9183 (ALERTER_URL overrides; under `ha` the
+# README's alerter listens on 9185). Data in ./data/observability. Ctrl-C stops both.
+# Needs the Debian packages prometheus and prometheus-alertmanager.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_apt_pkg prometheus prometheus
+ensure_apt_pkg prometheus-alertmanager prometheus-alertmanager
+
+topology="${1:-up}"
+out="data/observability"
+mkdir -p "$out/prometheus" "$out/alertmanager"
+case "$topology" in
+  up) targets=targets; alerter="${ALERTER_URL:-http://127.0.0.1:9183}" ;;
+  ha) targets=targets-ha; alerter="${ALERTER_URL:-http://127.0.0.1:9185}" ;;
+  *) die "usage: $0 [up|ha]" ;;
+esac
+
+# The project's files with absolute paths to the rules and the chosen
+# topology's file_sd targets (Prometheus re-reads those when they change).
+dir="$PWD/observability/prometheus"
+sed -e "s#- rules/#- $dir/rules/#" -e "s#\"targets/#\"$dir/$targets/#" \
+  observability/prometheus/prometheus-local.yml > "$out/prometheus.yml"
+sed "s#http://alerter:9183#$alerter#" observability/alertmanager/alertmanager.yml \
+  > "$out/alertmanager.yml"
+
+promtool check config "$out/prometheus.yml" >/dev/null
+amtool check-config "$out/alertmanager.yml" >/dev/null
+
+trap 'kill $(jobs -p) 2>/dev/null' EXIT
+prometheus-alertmanager --config.file="$out/alertmanager.yml" --storage.path="$out/alertmanager" \
+  --web.listen-address=127.0.0.1:9093 --cluster.listen-address= &
+prometheus --config.file="$out/prometheus.yml" \
+  --storage.tsdb.path="$out/prometheus" --web.listen-address=127.0.0.1:9090 &
+log "Prometheus http://127.0.0.1:9090  Alertmanager http://127.0.0.1:9093  ($topology; alerts to $alerter/alertmanager)"
+wait
