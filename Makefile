@@ -1,5 +1,5 @@
 # The task runner: the same entry points people and CI use.
-.PHONY: up test fmt lint bench bench-edge bench-limits bench-pipeline bench-scale
+.PHONY: up test fmt lint bench bench-all bench-edge bench-limits bench-gold bench-pipeline bench-scale
 up:      ## run the whole system on the embedded default
 	./scripts/up.sh
 test:    ## the whole test suite (what CI runs)
@@ -10,6 +10,10 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	buf lint
+bench-all:       ## every benchmark figure of docs/BENCHMARKS.md in one run
+	./scripts/bench.sh
+bench-gold:      ## original gold journey and fixed 1,000 req/s, CPU per request (k6)
+	./scripts/bench-gold.sh
 bench:   ## resolve benchmark (see docs/BENCHMARKS.md)
 	./scripts/bench-resolve.sh
 bench-edge:      ## redirects through the edge vs NGINX (wrk)
