@@ -418,7 +418,7 @@ async fn clients_that_hang_up_before_the_answer_cause_no_error_log() {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .await
             .unwrap();
-        s.set_linger(Some(Duration::ZERO)).unwrap();
+        s.set_zero_linger().unwrap();
         drop(s);
     }
     // The edge is still serving, and its requests are counted.
