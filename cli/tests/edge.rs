@@ -965,30 +965,80 @@ async fn edge_and_links_spans_share_the_callers_trace() {
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)],
     )
     .await;
-    let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let tp = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let (_, code) = support::user_and_link(edge.http, "tracer").await;
+    let user = post_json(
+        edge.http,
+        "/users",
+        json!({"username": "tracer2", "email": "tracer2@example.com"}),
+    )
+    .await
+    .json();
+    // Three traces of the caller's: an unknown code, a create and the
+    // first (uncached) redirect of a new link.
+    let tp = |t: &str| format!("00-{t}-b7ad6b7169203331-01");
+    let unknown = "0af7651916cd43dd8448eb211c80319c";
+    let create = "1af7651916cd43dd8448eb211c80319c";
+    let redirect = "2af7651916cd43dd8448eb211c80319c";
     let r = http(
         edge.http,
         "GET",
         "/nosuch",
-        &[("traceparent", tp.as_str())],
+        &[("traceparent", tp(unknown).as_str())],
         b"",
     )
     .await;
     assert_eq!(r.status, 404);
+    let body = json!({"original_url": "https://example.com/traced", "user_id": user["id"]});
+    let r = shortlink_testkit::http(
+        edge.http,
+        "POST",
+        "/shorten",
+        &[
+            ("Content-Type", "application/json"),
+            ("traceparent", tp(create).as_str()),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http(
+        edge.http,
+        "GET",
+        &format!("/{code}"),
+        &[("traceparent", tp(redirect).as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 302);
     // Stopping flushes the exporters.
     edge.proc.sigterm();
     edge.proc.wait_exit(Duration::from_secs(20)).await;
     replica.proc.sigterm();
     replica.proc.wait_exit(Duration::from_secs(20)).await;
-    let mut names = Vec::new();
+    let mut seen: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    let complete = |seen: &std::collections::HashMap<&str, Vec<String>>| {
+        let has = |t: &str, n: &str| seen.get(t).is_some_and(|v| v.iter().any(|x| x == n));
+        has(unknown, "http_request")
+            && has(unknown, "rpc")
+            && has(create, "rpc")
+            && has(create, "postgres create_link")
+            && has(redirect, "redis get")
+            && has(redirect, "postgres link_by_code")
+            && has(redirect, "redis put")
+    };
     while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
-        names.extend(shortlink_testkit::otlp::spans_of(&batch, trace_id));
-        if names.iter().any(|n| n == "http_request") && names.iter().any(|n| n == "rpc") {
+        for t in [unknown, create, redirect] {
+            seen.entry(t)
+                .or_default()
+                .extend(shortlink_testkit::otlp::spans_of(&batch, t));
+        }
+        if complete(&seen) {
             return;
         }
     }
-    panic!("expected edge (http_request) and links (rpc) spans in trace {trace_id}, saw {names:?}");
+    panic!(
+        "expected edge (http_request), links (rpc) and its SQL and Redis spans in the callers' traces, saw {seen:?}"
+    );
 }
 
 #[tokio::test]

@@ -70,6 +70,25 @@ pub fn exporting() -> bool {
     EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A span for one call to a dependency (a SQL statement, a cache command),
+/// named `<system> <operation>` and a child of the current span (the RPC).
+/// Only built when spans are exported and there is a request span to hang
+/// it from: otherwise it is `Span::none()` and costs nothing on the hot
+/// path, and background work (health probes) starts no traces of its own.
+/// Never carries parameter values.
+pub fn client_span(system: &'static str, operation: &'static str) -> tracing::Span {
+    if !exporting() || tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "client",
+        otel.name = format!("{system} {operation}"),
+        otel.kind = "client",
+        db.system = system,
+        db.operation = operation,
+    )
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls
 /// keep the first subscriber), which tests rely on.
 pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<TelemetryGuard> {

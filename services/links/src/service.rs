@@ -200,11 +200,17 @@ impl LinksCore {
     }
 
     /// Runs a database call under the breaker.
+    /// Runs one store call (`op`, the store method: one statement or one
+    /// transaction) through the breaker, in its own client span.
     async fn db<T>(
         &self,
+        op: &'static str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ServiceError> {
-        match self.breaker.call(fut, StoreError::is_outage).await {
+        let span = shortlink_runtime::telemetry::client_span(self.store.backend(), op);
+        match tracing::Instrument::instrument(self.breaker.call(fut, StoreError::is_outage), span)
+            .await
+        {
             Ok(v) => Ok(v),
             Err(BreakerError::Open) => Err(ServiceError::Unavailable(
                 "circuit breaker open after repeated database failures; try again shortly".into(),
@@ -222,11 +228,12 @@ impl LinksCore {
                 .await
                 .unwrap_or(Err(StoreError::Timeout))
         };
-        self.db(ping).await
+        self.db("ping", ping).await
     }
 
     async fn cache_get(&self, code: &str) -> Option<Cached> {
-        let (result, v) = match self.cache.get(code).await {
+        let span = shortlink_runtime::telemetry::client_span(self.cache.backend(), "get");
+        let (result, v) = match tracing::Instrument::instrument(self.cache.get(code), span).await {
             Ok(Some(v @ Cached::Found(_))) => ("hit", Some(v)),
             Ok(Some(Cached::Missing)) => ("negative_hit", Some(Cached::Missing)),
             Ok(None) => ("miss", None),
@@ -242,7 +249,8 @@ impl LinksCore {
             Cached::Missing => self.policy.negative_ttl,
         };
         // A failed write only costs a later miss.
-        let _ = self.cache.put(code, v, ttl).await;
+        let span = shortlink_runtime::telemetry::client_span(self.cache.backend(), "put");
+        let _ = tracing::Instrument::instrument(self.cache.put(code, v, ttl), span).await;
     }
 
     /// Drops the cached entry now and once more shortly after (see
@@ -302,7 +310,7 @@ impl LinksCore {
                     original_url,
                     title,
                 };
-                self.db(self.store.create_link(&new))
+                self.db("create_link", self.store.create_link(&new))
                     .await
                     .map_err(|e| match e {
                         ServiceError::AlreadyExists(_) => ServiceError::AlreadyExists(format!(
@@ -321,7 +329,7 @@ impl LinksCore {
                         original_url: original_url.clone(),
                         title: title.clone(),
                     };
-                    match self.db(self.store.create_link(&new)).await {
+                    match self.db("create_link", self.store.create_link(&new)).await {
                         Err(ServiceError::AlreadyExists(_)) if attempt < CODE_ATTEMPTS => {
                             tracing::info!(attempt, "generated short code collided; retrying");
                         }
@@ -348,7 +356,10 @@ impl LinksCore {
         let (target, cached) = match self.cache_get(code).await {
             Some(Cached::Found(t)) => (t, true),
             Some(Cached::Missing) => return Err(ServiceError::NotFound(Entity::Link)),
-            None => match self.db(self.store.link_by_code(code)).await? {
+            None => match self
+                .db("link_by_code", self.store.link_by_code(code))
+                .await?
+            {
                 Some(link) => {
                     let t = Target::from(&link);
                     self.cache_put(code, &Cached::Found(t.clone())).await;
@@ -370,7 +381,7 @@ impl LinksCore {
 
     pub async fn get_link(&self, id: i64) -> Result<Link, ServiceError> {
         let id = validate::id("id", id)?;
-        self.db(self.store.link_by_id(id))
+        self.db("link_by_id", self.store.link_by_id(id))
             .await?
             .ok_or(ServiceError::NotFound(Entity::Link))
     }
@@ -380,7 +391,8 @@ impl LinksCore {
         filter: LinkFilter,
         page: Page,
     ) -> Result<(Vec<Link>, i64), ServiceError> {
-        self.db(self.store.list_links(&filter, page)).await
+        self.db("list_links", self.store.list_links(&filter, page))
+            .await
     }
 
     /// Applies a change; at least one field must be given.
@@ -402,7 +414,9 @@ impl LinksCore {
             title: title.map(|t| validate::title(Some(t))).transpose()?,
             is_active,
         };
-        let link = self.db(self.store.update_link(id, &patch)).await?;
+        let link = self
+            .db("update_link", self.store.update_link(id, &patch))
+            .await?;
         self.invalidate(&link.short_code).await;
         self.emit("updated", &link);
         Ok(link)
@@ -412,7 +426,10 @@ impl LinksCore {
     pub async fn delete_link(&self, id: i64) -> Result<Link, ServiceError> {
         let id = validate::id("id", id)?;
         let link = self
-            .db(self.store.deactivate_link(id, "user_requested"))
+            .db(
+                "deactivate_link",
+                self.store.deactivate_link(id, "user_requested"),
+            )
             .await?;
         self.invalidate(&link.short_code).await;
         self.emit("deleted", &link);
@@ -424,18 +441,18 @@ impl LinksCore {
             username: validate::username(username)?,
             email: validate::email(email)?,
         };
-        self.db(self.store.create_user(&new)).await
+        self.db("create_user", self.store.create_user(&new)).await
     }
 
     pub async fn get_user(&self, id: i64) -> Result<User, ServiceError> {
         let id = validate::id("id", id)?;
-        self.db(self.store.user_by_id(id))
+        self.db("user_by_id", self.store.user_by_id(id))
             .await?
             .ok_or(ServiceError::NotFound(Entity::User))
     }
 
     pub async fn list_users(&self, page: Page) -> Result<(Vec<User>, i64), ServiceError> {
-        self.db(self.store.list_users(page)).await
+        self.db("list_users", self.store.list_users(page)).await
     }
 
     pub async fn update_user(
@@ -454,12 +471,13 @@ impl LinksCore {
             username: username.map(validate::username).transpose()?,
             email: email.map(validate::email).transpose()?,
         };
-        self.db(self.store.update_user(id, &patch)).await
+        self.db("update_user", self.store.update_user(id, &patch))
+            .await
     }
 
     pub async fn delete_user(&self, id: i64) -> Result<(), ServiceError> {
         let id = validate::id("id", id)?;
-        self.db(self.store.delete_user(id)).await
+        self.db("delete_user", self.store.delete_user(id)).await
     }
 
     pub async fn create_event(
@@ -475,7 +493,7 @@ impl LinksCore {
             event_type: validate::event_type(event_type)?,
             details: validate::details(details)?,
         };
-        self.db(self.store.create_event(&new)).await
+        self.db("create_event", self.store.create_event(&new)).await
     }
 
     /// Records a batch of clicks idempotently.
@@ -496,12 +514,13 @@ impl LinksCore {
                 ));
             }
         }
-        self.db(self.store.record_clicks(&clicks)).await
+        self.db("record_clicks", self.store.record_clicks(&clicks))
+            .await
     }
 
     /// Clicks recorded for a link.
     pub async fn click_count(&self, url_id: i64) -> Result<i64, ServiceError> {
-        self.db(self.store.click_count(url_id)).await
+        self.db("click_count", self.store.click_count(url_id)).await
     }
 
     pub async fn list_events(
@@ -509,7 +528,8 @@ impl LinksCore {
         filter: EventFilter,
         page: Page,
     ) -> Result<(Vec<Event>, i64), ServiceError> {
-        self.db(self.store.list_events(&filter, page)).await
+        self.db("list_events", self.store.list_events(&filter, page))
+            .await
     }
 }
 
