@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
@@ -66,10 +66,14 @@ impl ProducerContext for ProducerCtx {
     }
 }
 
+/// The message header that carries the W3C trace context.
+const TRACEPARENT: &str = "traceparent";
+
 struct Outgoing {
     topic: Arc<TopicHandle>,
     key: Option<String>,
     payload: Payload,
+    traceparent: Option<String>,
 }
 
 /// Kafka through librdkafka: an idempotent producer whose queue holds
@@ -164,6 +168,14 @@ fn produce(
             let mut rec = BaseRecord::<str, [u8]>::to(&o.topic.name).payload(bytes);
             if let Some(k) = &o.key {
                 rec = rec.key(k.as_str());
+            }
+            if let Some(tp) = &o.traceparent {
+                rec = rec.headers(rdkafka::message::OwnedHeaders::new().insert(
+                    rdkafka::message::Header {
+                        key: TRACEPARENT,
+                        value: Some(tp.as_str()),
+                    },
+                ));
             }
             match producer.send(rec) {
                 Ok(()) => break,
@@ -278,6 +290,13 @@ impl Subscription for KafkaSubscription {
                 payload: Payload::Json(bytes::Bytes::copy_from_slice(
                     m.payload().unwrap_or_default(),
                 )),
+                traceparent: m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == TRACEPARENT)
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_owned)
+                }),
             });
         }
     }
@@ -299,13 +318,20 @@ impl EventBus for KafkaBus {
         "kafka"
     }
 
-    fn publish(&self, topic: &str, key: Option<&str>, payload: Payload) {
+    fn publish_traced(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: Payload,
+        traceparent: Option<&str>,
+    ) {
         let handle = self.metrics.topic(topic);
         self.queued.fetch_add(1, Ordering::Relaxed);
         let o = Outgoing {
             topic: handle.clone(),
             key: key.map(str::to_owned),
             payload,
+            traceparent: traceparent.map(str::to_owned),
         };
         match self.handoff.try_send(o) {
             Ok(()) => handle.published.inc(),

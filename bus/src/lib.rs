@@ -124,6 +124,10 @@ pub struct Delivery {
     pub offset: i64,
     pub key: Option<String>,
     pub payload: Payload,
+    /// The W3C `traceparent` of the request that caused the event, when the
+    /// publisher sent one (a Kafka message header): consumers make their
+    /// processing part of that trace.
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
@@ -154,7 +158,19 @@ pub trait EventBus: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     /// Queues an event; never blocks, never fails (overflow is counted).
     /// `payload` is a typed event (`ev.into()`) or JSON bytes.
-    fn publish(&self, topic: &str, key: Option<&str>, payload: Payload);
+    fn publish(&self, topic: &str, key: Option<&str>, payload: Payload) {
+        self.publish_traced(topic, key, payload, None);
+    }
+    /// Like `publish`, carrying the W3C `traceparent` of the request that
+    /// caused the event (on Kafka, the `traceparent` message header), so
+    /// that its consumers join the request's trace.
+    fn publish_traced(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: Payload,
+        traceparent: Option<&str>,
+    );
     /// Creates the topics with the configured partitions (existing ones
     /// are left alone).
     async fn ensure_topics(&self, topics: &[String]) -> anyhow::Result<()>;

@@ -28,6 +28,7 @@ struct Entry {
     offset: i64,
     key: Option<String>,
     payload: Payload,
+    traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -130,6 +131,7 @@ impl Subscription for MemSubscription {
                             offset: e.offset,
                             key: e.key.clone(),
                             payload: e.payload.clone(),
+                            traceparent: e.traceparent.clone(),
                         });
                     }
                 }
@@ -162,7 +164,13 @@ impl EventBus for MemoryBus {
         "memory"
     }
 
-    fn publish(&self, topic: &str, key: Option<&str>, payload: Payload) {
+    fn publish_traced(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: Payload,
+        traceparent: Option<&str>,
+    ) {
         let handle = self.metrics.topic(topic);
         let subscribed = {
             let mut g = self.lock();
@@ -178,6 +186,7 @@ impl EventBus for MemoryBus {
                     offset,
                     key: key.map(str::to_owned),
                     payload,
+                    traceparent: traceparent.map(str::to_owned),
                 });
                 while log.events.len() > self.capacity {
                     log.events.pop_front();

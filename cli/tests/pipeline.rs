@@ -724,3 +724,111 @@ async fn alerter_throttles_to_one_message_a_second_summarises_and_honours_429() 
     .await;
     assert_eq!(bad.status, 400);
 }
+
+/// Trace context travels in the Kafka message headers: the analytics
+/// consumer's handling of a click and the dashboard ingest's handling of
+/// the request event appear in the request's trace, and a create's trace
+/// holds the edge, the RPC, its SQL span and the consumers' handling of the
+/// `created` event.
+#[tokio::test]
+async fn consumers_join_the_trace_of_the_request_that_caused_the_event() {
+    require_redis().await;
+    let (endpoint, mut rx) = shortlink_testkit::otlp::receiver().await;
+    let otel = ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone());
+    let (brokers, prefix) = (kafka_brokers(), prefix());
+    let db = TestDb::new().await;
+    let dash_db = TestDb::new().await;
+    let mut links = links_env(&db, &brokers, &prefix);
+    links.push(otel.clone());
+    let mut replica = Replica::start(&links).await;
+    let mut env = edge_env(&brokers, &prefix);
+    env.push(otel.clone());
+    let mut edge = EdgeProc::start(&[replica.grpc], &env).await;
+    let (a_group, d_group) = (format!("a-{prefix}"), format!("d-{prefix}"));
+    let mut analytics = analytics_with(
+        replica.grpc,
+        &brokers,
+        &prefix,
+        &a_group,
+        std::slice::from_ref(&otel),
+    );
+    let mut dash_env = bus_env(&brokers, &prefix);
+    dash_env.push(("DASHBOARD_DATABASE_URL", dash_db.url.clone()));
+    dash_env.push((
+        "DASHBOARD_INGEST_HTTP_ADDR",
+        format!("127.0.0.1:{}", free_port()),
+    ));
+    dash_env.push(("CONSUMER_GROUP", d_group.clone()));
+    dash_env.push(otel);
+    let mut dash = spawn_raw(&["dashboard-ingest"], &dash_env);
+
+    let (id, code) = support::user_and_link(edge.http, "traceuser").await;
+    let user = support::post_json(
+        edge.http,
+        "/users",
+        json!({"username": "traceuser2", "email": "traceuser2@example.com"}),
+    )
+    .await
+    .json();
+    let tp = |t: &str| format!("00-{t}-b7ad6b7169203331-01");
+    let create = "3af7651916cd43dd8448eb211c80319c";
+    let redirect = "4af7651916cd43dd8448eb211c80319c";
+    let r = shortlink_testkit::http(
+        edge.http,
+        "POST",
+        "/shorten",
+        &[
+            ("Content-Type", "application/json"),
+            ("traceparent", tp(create).as_str()),
+        ],
+        json!({"original_url": "https://example.com/t", "user_id": user["id"]})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http(
+        edge.http,
+        "GET",
+        &format!("/{code}"),
+        &[("traceparent", tp(redirect).as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    assert!(
+        eventually(Duration::from_secs(30), async || clicks(&db, id).await == 1).await,
+        "the click was not recorded"
+    );
+    // The dashboard ingest has its batch window (500 ms) to take the
+    // request events; then stopping every process flushes its exporter.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for p in [&mut edge.proc, &mut replica.proc, &mut analytics, &mut dash] {
+        p.sigterm();
+        p.wait_exit(Duration::from_secs(20)).await;
+    }
+    let mut seen: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    let has = |seen: &std::collections::HashMap<&str, Vec<String>>, t: &str, prefix: &str| {
+        seen.get(t)
+            .is_some_and(|v| v.iter().any(|n| n.starts_with(prefix)))
+    };
+    let complete = |seen: &std::collections::HashMap<&str, Vec<String>>| {
+        has(seen, redirect, "http_request")
+            && has(seen, redirect, &format!("{a_group} process"))
+            && has(seen, redirect, &format!("{d_group} process"))
+            && has(seen, create, "rpc")
+            && has(seen, create, "postgres create_link")
+            && has(seen, create, &format!("{d_group} process"))
+    };
+    while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+        for t in [create, redirect] {
+            seen.entry(t)
+                .or_default()
+                .extend(shortlink_testkit::otlp::spans_of(&batch, t));
+        }
+        if complete(&seen) {
+            return;
+        }
+    }
+    panic!("expected the edge, links and both consumers in the requests' traces, saw {seen:?}");
+}

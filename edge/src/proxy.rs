@@ -337,9 +337,13 @@ impl Edge {
         };
         let key = link_id.to_string();
         // Typed: the bus serialises off this thread (or never, in process).
+        // The request's trace context travels with the event when spans
+        // are exported (consumers join the trace); otherwise nothing extra
+        // is carried on the hot path.
+        let tp = shortlink_runtime::telemetry::exporting().then_some(ctx.traceparent.as_str());
         self.events
             .bus
-            .publish(&self.events.topics.links, Some(&key), ev.into());
+            .publish_traced(&self.events.topics.links, Some(&key), ev.into(), tp);
     }
 }
 
@@ -591,10 +595,12 @@ impl ProxyHttp for Edge {
             },
             client_request_id: ctx.client_request_id.clone().unwrap_or_default(),
         };
-        self.events.bus.publish(
+        let tp = shortlink_runtime::telemetry::exporting().then_some(ctx.traceparent.as_str());
+        self.events.bus.publish_traced(
             &self.events.topics.requests,
             Some(&ctx.request_id),
             ev.into(),
+            tp,
         );
         let client_request_id = ctx.client_request_id.as_deref().unwrap_or("");
         if let Some(e) = e {

@@ -89,6 +89,55 @@ pub fn client_span(system: &'static str, operation: &'static str) -> tracing::Sp
     )
 }
 
+/// The W3C `traceparent` of the current span, to send with an event the
+/// current request causes; `None` when spans are not exported.
+pub fn current_traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return None;
+    }
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// A span for a consumer's handling of one event, a child of the request
+/// that caused it (`traceparent`, from the message header); a disabled
+/// span when spans are not exported or the event carries no context.
+pub fn consumer_span(group: &str, topic: &str, traceparent: Option<&str>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct One<'a>(&'a str);
+    impl opentelemetry::propagation::Extractor for One<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == "traceparent").then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    let Some(tp) = traceparent.filter(|_| exporting()) else {
+        return tracing::Span::none();
+    };
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&One(tp)));
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = format!("{group} process {topic}"),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.destination = topic,
+    );
+    let _ = span.set_parent(parent);
+    span
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls
 /// keep the first subscriber), which tests rely on.
 pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<TelemetryGuard> {

@@ -12,7 +12,7 @@ use shortlink_proto::v1::event_service_client::EventServiceClient;
 use shortlink_runtime::shutdown::Shutdown;
 use tonic::transport::Endpoint;
 
-use crate::{GroupArgs, commit_batch, next_batch, retry_until_ok};
+use crate::{GroupArgs, commit_batch, next_batch, retry_until_ok, trace_batch};
 
 /// Flags of `shortlink analytics`.
 #[derive(Clone, Debug, clap::Args)]
@@ -51,6 +51,7 @@ pub async fn run(
     while let Some(batch) =
         next_batch(&mut sub, args.batch_max.clamp(1, 5000), wait, &shutdown).await
     {
+        let _traces = trace_batch(&group, &batch);
         let clicks: Vec<pb::Click> = batch
             .iter()
             .filter_map(|d| d.decode::<LinkEvent>().ok())

@@ -19,7 +19,7 @@ use shortlink_proto::events::RequestEvent;
 use shortlink_runtime::shutdown::Shutdown;
 use sqlx::AnyPool;
 
-use crate::{GroupArgs, commit_batch, next_batch, retry_until_ok};
+use crate::{GroupArgs, commit_batch, next_batch, retry_until_ok, trace_batch};
 
 /// Flags of `shortlink dashboard-ingest`.
 #[derive(Clone, Debug, clap::Args)]
@@ -227,6 +227,7 @@ pub async fn run(
     let mut last_prune = std::time::Instant::now();
     while let Some(batch) = next_batch(&mut sub, 1000, Duration::from_millis(500), &shutdown).await
     {
+        let _traces = trace_batch(&group, &batch);
         let mut requests = Vec::new();
         {
             let mut r = ring.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -160,6 +160,21 @@ pub async fn next_batch(
     Some(batch)
 }
 
+/// One consumer span per delivery that carries a trace context (the
+/// `traceparent` header), open while the batch is processed and committed:
+/// the group's handling of the event appears in the request's trace. Empty
+/// when spans are not exported.
+pub fn trace_batch(group: &str, batch: &[Delivery]) -> Vec<tracing::Span> {
+    batch
+        .iter()
+        .filter_map(|d| {
+            let tp = d.traceparent.as_deref()?;
+            let span = shortlink_runtime::telemetry::consumer_span(group, &d.topic, Some(tp));
+            (!span.is_none()).then_some(span)
+        })
+        .collect()
+}
+
 /// Commits the last delivery of each topic partition in `batch`.
 pub async fn commit_batch(sub: &mut Box<dyn Subscription>, batch: &[Delivery]) {
     let mut last: std::collections::HashMap<(&str, i32), &Delivery> =

@@ -284,7 +284,9 @@ impl LinksCore {
             ..Default::default()
         };
         let key = link.id.to_string();
-        sink.bus.publish(&sink.topic, Some(&key), ev.into());
+        let tp = shortlink_runtime::telemetry::current_traceparent();
+        sink.bus
+            .publish_traced(&sink.topic, Some(&key), ev.into(), tp.as_deref());
     }
 
     /// Creates a link; see `CreateLinkRequest` for the rules.
