@@ -111,31 +111,9 @@ pub struct Edge {
 /// send upstream: the span's own context when tracing exports spans,
 /// otherwise `incoming` unchanged.
 fn child_traceparent(span: &tracing::Span, incoming: &str) -> String {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    struct One<'a>(&'a str);
-    impl opentelemetry::propagation::Extractor for One<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            (key == "traceparent").then_some(self.0)
-        }
-        fn keys(&self) -> Vec<&str> {
-            vec!["traceparent"]
-        }
-    }
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&One(incoming)));
-    let _ = span.set_parent(parent);
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() && sc.trace_id().to_string() != "00000000000000000000000000000000" {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    } else {
-        incoming.to_owned()
-    }
+    use shortlink_runtime::telemetry::{set_remote_parent, traceparent_of};
+    set_remote_parent(span, incoming);
+    traceparent_of(span).unwrap_or_else(|| incoming.to_owned())
 }
 
 fn new_traceparent() -> String {

@@ -89,15 +89,29 @@ pub fn client_span(system: &'static str, operation: &'static str) -> tracing::Sp
     )
 }
 
-/// The W3C `traceparent` of the current span, to send with an event the
-/// current request causes; `None` when spans are not exported.
-pub fn current_traceparent() -> Option<String> {
+/// Makes `traceparent` (a W3C trace context from a header or a message)
+/// the parent of `span`. An invalid value leaves `span` a new root.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct One<'a>(&'a str);
+    impl opentelemetry::propagation::Extractor for One<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == "traceparent").then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&One(traceparent)));
+    let _ = span.set_parent(parent);
+}
+
+/// The W3C `traceparent` naming `span`, when it has a valid context (spans
+/// are exported).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if !exporting() {
-        return None;
-    }
-    let cx = tracing::Span::current().context();
+    let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| {
         format!(
@@ -109,24 +123,22 @@ pub fn current_traceparent() -> Option<String> {
     })
 }
 
+/// The W3C `traceparent` of the current span, to send with an event the
+/// current request causes; `None` when spans are not exported.
+pub fn current_traceparent() -> Option<String> {
+    if !exporting() {
+        return None;
+    }
+    traceparent_of(&tracing::Span::current())
+}
+
 /// A span for a consumer's handling of one event, a child of the request
 /// that caused it (`traceparent`, from the message header); a disabled
 /// span when spans are not exported or the event carries no context.
 pub fn consumer_span(group: &str, topic: &str, traceparent: Option<&str>) -> tracing::Span {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    struct One<'a>(&'a str);
-    impl opentelemetry::propagation::Extractor for One<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            (key == "traceparent").then_some(self.0)
-        }
-        fn keys(&self) -> Vec<&str> {
-            vec!["traceparent"]
-        }
-    }
     let Some(tp) = traceparent.filter(|_| exporting()) else {
         return tracing::Span::none();
     };
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&One(tp)));
     let span = tracing::info_span!(
         "consume",
         otel.name = format!("{group} process {topic}"),
@@ -134,7 +146,7 @@ pub fn consumer_span(group: &str, topic: &str, traceparent: Option<&str>) -> tra
         messaging.system = "kafka",
         messaging.destination = topic,
     );
-    let _ = span.set_parent(parent);
+    set_remote_parent(&span, tp);
     span
 }
 
