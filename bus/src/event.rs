@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use shortlink_proto::events::{LinkEvent, LogEvent, RequestEvent};
+use shortlink_proto::events::{LinkEvent, LogEvent, OpsEvent, RequestEvent};
 
 /// A typed pipeline event (`shortlink.events.v1`).
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +20,7 @@ pub enum Event {
     Request(RequestEvent),
     Link(LinkEvent),
     Log(LogEvent),
+    Ops(OpsEvent),
 }
 
 impl Event {
@@ -31,6 +32,7 @@ impl Event {
             Event::Request(e) => serde_json::to_writer(&mut *out, e),
             Event::Link(e) => serde_json::to_writer(&mut *out, e),
             Event::Log(e) => serde_json::to_writer(&mut *out, e),
+            Event::Ops(e) => serde_json::to_writer(&mut *out, e),
         };
         debug_assert!(r.is_ok(), "event types always serialise");
     }
@@ -58,6 +60,12 @@ impl From<LinkEvent> for Event {
 impl From<LogEvent> for Event {
     fn from(e: LogEvent) -> Self {
         Event::Log(e)
+    }
+}
+
+impl From<OpsEvent> for Event {
+    fn from(e: OpsEvent) -> Self {
+        Event::Ops(e)
     }
 }
 

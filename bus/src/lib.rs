@@ -38,20 +38,29 @@ pub struct Topics {
     pub requests: String,
     pub links: String,
     pub logs: String,
+    /// Watchdog restarts, crash loops, control actions, backups.
+    pub ops: String,
 }
 
 impl Topics {
-    /// `<prefix>requests`, `<prefix>link-events`, `<prefix>logs`.
+    /// `<prefix>requests`, `<prefix>link-events`, `<prefix>logs`,
+    /// `<prefix>ops-events`.
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
             requests: format!("{prefix}requests"),
             links: format!("{prefix}link-events"),
             logs: format!("{prefix}logs"),
+            ops: format!("{prefix}ops-events"),
         }
     }
 
     pub fn all(&self) -> Vec<String> {
-        vec![self.requests.clone(), self.links.clone(), self.logs.clone()]
+        vec![
+            self.requests.clone(),
+            self.links.clone(),
+            self.logs.clone(),
+            self.ops.clone(),
+        ]
     }
 }
 

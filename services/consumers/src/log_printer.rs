@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use shortlink_bus::{Delivery, EventBus, Topics};
-use shortlink_proto::events::{LinkEvent, LogEvent, RequestEvent};
+use shortlink_proto::events::{LinkEvent, LogEvent, OpsEvent, RequestEvent};
 use shortlink_runtime::config::ConfigError;
 use shortlink_runtime::shutdown::Shutdown;
 
@@ -65,6 +65,30 @@ pub fn format_event(topics: &Topics, d: &Delivery, json_lines: bool, min: Level)
             e.instance,
             e.message,
             e.request_id
+        );
+        (level, text, serde_json::to_value(&e).ok()?)
+    } else if d.topic == topics.ops {
+        let e: OpsEvent = d.decode().ok()?;
+        let level = Level::parse(&e.level).unwrap_or(Level::Info);
+        let what = if e.action.is_empty() {
+            e.kind.clone()
+        } else {
+            format!("{} {}", e.kind, e.action)
+        };
+        let text = format!(
+            "{} {:<5} ops {} {} by {} restarts={} {}{}",
+            e.time,
+            level.as_str(),
+            what,
+            e.component,
+            e.actor,
+            e.restarts,
+            e.reason,
+            if e.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", e.detail)
+            }
         );
         (level, text, serde_json::to_value(&e).ok()?)
     } else {
