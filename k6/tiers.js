@@ -1,6 +1,8 @@
 // Load tiers for the public API through the edge, bounded in time:
 //   k6 run -e TIER=gold -e BASE=http://127.0.0.1:8080 -e DURATION=30s k6/tiers.js
-// bronze 50, silver 200, gold 500 virtual users; stress ramps to 1000.
+// bronze 50, silver 200, gold 500 virtual users; stress ramps to 1000;
+// chaos: 100 virtual users of the paced user journey (MIX=original), to run
+// while the dashboard's chaos panel breaks things.
 // Every request stays on the given BASE (loopback).
 //
 // MIX=redirects (default): 85% redirects of seed codes, 10% unknown codes
@@ -14,13 +16,13 @@
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 
-const TIERS = { bronze: 50, silver: 200, gold: 500, stress: 1000 };
+const TIERS = { bronze: 50, silver: 200, gold: 500, stress: 1000, chaos: 100 };
 const tier = __ENV.TIER || 'bronze';
 const vus = TIERS[tier] || 50;
 const base = __ENV.BASE || 'http://127.0.0.1:8080';
 const duration = __ENV.DURATION || '30s';
 
-const mix = __ENV.MIX || 'redirects';
+const mix = __ENV.MIX || (tier === 'chaos' ? 'original' : 'redirects');
 const rate = parseInt(__ENV.RATE || '0', 10);
 
 // Per-route latency in the summary (thresholds create the sub-metrics;
