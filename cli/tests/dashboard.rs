@@ -82,10 +82,16 @@ async fn start_system() -> System {
     );
     wait_ready(&mut p, ports.http).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shortlink_testkit::http_get(edge, "/ready").await.0 != 200
-        || !tokio::net::TcpStream::connect(dash).await.is_ok_and(|_| true)
-        || shortlink_testkit::http_get(dash, "/ready").await.0 != 200
-    {
+    loop {
+        let mut ready = true;
+        for a in [edge, dash] {
+            ready = ready
+                && tokio::net::TcpStream::connect(a).await.is_ok()
+                && shortlink_testkit::http_get(a, "/ready").await.0 == 200;
+        }
+        if ready {
+            break;
+        }
         assert!(Instant::now() < deadline, "edge or dashboard never ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -167,7 +173,7 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     b.fill("#code", &fresh).await;
     b.fill("#title", "From the browser").await;
     b.click_css("#go").await;
-    let (t, _) = b.wait_text("#message", Duration::from_secs(5), |t| t.contains("ready")).await;
+    let (t, _) = b.wait_text("#message", Duration::from_secs(5), |t| t.contains("short link is ready")).await;
     assert!(t.contains(&format!("{edge}/{fresh}")), "{t}");
     assert!(b.try_find("#copy").await.is_some(), "a copy button");
     shot(&b, "front-page").await;
