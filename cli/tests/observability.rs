@@ -566,7 +566,7 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
             ("EDGE_METRICS_ADDR", addr(4)),
             ("EDGE_CERT_DIR", dir.join("tls").display().to_string()),
             ("ALERTER_HTTP_ADDR", addr(5)),
-            ("DASHBOARD_INGEST_HTTP_ADDR", addr(6)),
+            ("DASHBOARD_ADDR", addr(6)),
             ("BUS_METRICS_ADDR", addr(7)),
         ],
     );

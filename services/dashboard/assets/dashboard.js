@@ -78,7 +78,7 @@
         $('#run-state').textContent = 'running: ' + st.run.tier + ' against ' + st.run.target + ' for ' + st.run.duration + ' (' + f(s.elapsed_s, 's', 0) + ' elapsed)';
         $('#s-rps').textContent = f(s.rps, 'req/s', 0);
         $('#s-requests').textContent = f(s.requests, '', 0);
-        $('#s-lat').textContent = f(s.p50_ms, '', 1) + ' / ' + f(s.p95_ms, '', 1) + ' / ' + f(s.p99_ms, 'ms', 1);
+        $('#s-lat').textContent = f(s.p50_ms, '', 1) + ' / ' + f(s.p95_ms, '', 1) + ' / ' + f(s.max_ms, 'ms', 1);
         $('#s-err').textContent = f(s.error_rate * 100, '%', 2);
         $('#s-vus').textContent = f(s.vus, 'VUs', 0);
       }

@@ -14,7 +14,7 @@ pub struct Series {
 
 const W: f64 = 640.0;
 const H: f64 = 180.0;
-const LEFT: f64 = 56.0;
+const LEFT: f64 = 40.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 22.0;
@@ -51,19 +51,35 @@ pub fn fmt(v: f64, unit: &str) -> String {
     }
 }
 
+/// A compact axis number (the unit is in the chart's caption).
+pub fn compact(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if a >= 10.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 fn hhmm(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0)
         .map(|d| d.format("%H:%M").to_string())
         .unwrap_or_default()
 }
 
-fn frame(t0: i64, t1: i64, ymax: f64, unit: &str) -> Markup {
+fn frame(t0: i64, t1: i64, ymax: f64) -> Markup {
     let (x0, x1, y0) = (LEFT, W - RIGHT, H - BOTTOM);
     html! {
         @for i in 0..=3 {
             @let y = TOP + (y0 - TOP) * f64::from(i) / 3.0;
             line.grid x1=(x0) x2=(x1) y1=(y) y2=(y) {}
-            text.axis x=(x0 - 4.0) y=(y + 4.0) text-anchor="end" { (fmt(ymax * f64::from(3 - i) / 3.0, unit)) }
+            text.axis x=(x0 - 4.0) y=(y + 4.0) text-anchor="end" { (compact(ymax * f64::from(3 - i) / 3.0)) }
         }
         text.axis x=(x0) y=(H - 6.0) { (hhmm(t0)) " UTC" }
         text.axis x=(x1) y=(H - 6.0) text-anchor="end" { (hhmm(t1)) " UTC" }
@@ -96,7 +112,7 @@ pub fn line(title: &str, unit: &str, t0: i64, t1: i64, series: &[Series]) -> Mar
         figure.chart {
             figcaption { (title) " " span.muted { "(" (unit) ")" } }
             svg viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(title) {
-                (frame(t0, t1, ymax, unit))
+                (frame(t0, t1, ymax))
                 @for s in series {
                     @let pts = s.points.iter().map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v))).collect::<Vec<_>>().join(" ");
                     polyline points=(pts) fill="none" stroke=(s.color) stroke-width="2" {}
@@ -141,7 +157,7 @@ pub fn bars(title: &str, unit: &str, t0: i64, t1: i64, bucket: i64, series: &[Se
         figure.chart {
             figcaption { (title) " " span.muted { "(" (unit) ")" } }
             svg viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(title) {
-                (frame(t0, t1, ymax, unit))
+                (frame(t0, t1, ymax))
                 @for (rx, ry, rh, color, tip) in &rects {
                     rect x=(format!("{rx:.1}")) y=(format!("{ry:.1}")) width=(format!("{bw:.1}")) height=(format!("{rh:.1}")) fill=(color) { title { (tip) } }
                 }

@@ -66,7 +66,7 @@ pub struct DashboardArgs {
     pub watchdog_token: Option<String>,
     /// Prometheus's base URL; golden signals come from it when set, from
     /// the dashboard database otherwise.
-    #[arg(long, env = "PROMETHEUS_URL")]
+    #[arg(long, env = "PROMETHEUS_URL", hide_env_values = true)]
     pub prometheus_url: Option<String>,
     /// The k6 binary (default: `k6` on PATH).
     #[arg(long, env = "K6_BIN")]

@@ -79,8 +79,10 @@ async fn body(s: &AppState, r: Range) -> anyhow::Result<Markup> {
             div.card { h3 { "5xx responses" } p.big.bad[total5 > 0.0] #total-5xx { (fmt(total5, "")) } p.muted { "in the last " (r.name) } }
             div.card { h3 { "4xx responses" } p.big { (fmt(total4, "")) } p.muted { "in the last " (r.name) } }
         }
-        (chart::bars("Errors per minute by status", "responses/min", t0, t1, 60,
-            &ordered.into_iter().enumerate().map(|(i, (st, pts))| Series { name: st.to_string(), color: if st >= 500 { COLORS[i % 2] } else { COLORS[2 + i % 4] }, points: pts }).collect::<Vec<_>>()))
+        div.charts {
+            (chart::bars("Errors per minute by status", "responses/min", t0, t1, 60,
+                &ordered.into_iter().enumerate().map(|(i, (st, pts))| Series { name: st.to_string(), color: if st >= 500 { COLORS[i % 2] } else { COLORS[2 + i % 4] }, points: pts }).collect::<Vec<_>>()))
+        }
         div.cols {
             section {
                 h2 { "By route and status" }
