@@ -123,7 +123,7 @@ fn prometheus_and_alertmanager_configs_check_and_every_rule_unit_test_passes() {
     assert!(out.contains("SUCCESS"), "{out}");
     // The file_sd target files of both local topologies.
     for sub in ["targets", "targets-ha"] {
-        for job in ["edge", "links", "admin", "consumers"] {
+        for job in ["edge", "links", "admin", "consumers", "dashboard"] {
             let p = dir.join(sub).join(format!("{job}.json"));
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
