@@ -28,7 +28,10 @@ fn k6_bin() -> String {
         return b;
     }
     let scripts = std::process::Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -77,7 +80,10 @@ async fn start_system() -> System {
             // The load test's 50 VUs share one address with the browser.
             ("RATE_LIMIT_RPS", "1000000".into()),
             ("RATE_LIMIT_BURST", "1000000".into()),
-            ("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into())),
+            (
+                "HOME",
+                std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+            ),
         ],
     );
     wait_ready(&mut p, ports.http).await;
@@ -136,7 +142,12 @@ async fn shot(b: &Browser, name: &str) {
     }
 }
 
-async fn post_json(addr: SocketAddr, path: &str, body: serde_json::Value, headers: &[(&str, &str)]) -> shortlink_testkit::HttpResponse {
+async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: serde_json::Value,
+    headers: &[(&str, &str)],
+) -> shortlink_testkit::HttpResponse {
     let mut h = vec![("content-type", "application/json")];
     h.extend_from_slice(headers);
     http(addr, "POST", path, &h, body.to_string().as_bytes()).await
@@ -145,7 +156,10 @@ async fn post_json(addr: SocketAddr, path: &str, body: serde_json::Value, header
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     let sys = start_system().await;
-    let (edge, dash) = (format!("http://{}", sys.edge), format!("http://{}", sys.dash));
+    let (edge, dash) = (
+        format!("http://{}", sys.edge),
+        format!("http://{}", sys.dash),
+    );
     let b = Browser::start().await;
     let mut weights = vec![
         "| page | weight | requests | DOM ready | load end |".to_owned(),
@@ -154,33 +168,51 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
 
     // --- The front page: an invalid URL, a taken code, a success. -------
     let taken = format!("tk{}", &random_suffix()[..8]);
-    let r = post_json(sys.edge, "/shorten", json!({"original_url": "https://example.com/taken", "user_id": 1, "short_code": taken}), &[]).await;
+    let r = post_json(
+        sys.edge,
+        "/shorten",
+        json!({"original_url": "https://example.com/taken", "user_id": 1, "short_code": taken}),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.body);
     b.goto(&format!("{edge}/")).await;
     weights.push(measure(&b, "front page `/` (edge)").await);
     b.fill("#url", "not a url").await;
     b.fill("#user", "1").await;
     b.click_css("#go").await;
-    let (t, _) = b.wait_text("#message", Duration::from_secs(5), |t| !t.is_empty()).await;
+    let (t, _) = b
+        .wait_text("#message", Duration::from_secs(5), |t| !t.is_empty())
+        .await;
     assert!(t.contains("not a web address"), "{t}");
     assert!(!t.contains("400"), "no raw status on the page: {t}");
     b.fill("#url", "https://example.com/front-page").await;
     b.fill("#code", &taken).await;
     b.click_css("#go").await;
-    let (t, _) = b.wait_text("#message", Duration::from_secs(5), |t| t.contains("taken")).await;
-    assert!(t.contains(&format!("“{taken}” is already taken")) && t.contains("Try another one"), "{t}");
+    let (t, _) = b
+        .wait_text("#message", Duration::from_secs(5), |t| t.contains("taken"))
+        .await;
+    assert!(
+        t.contains(&format!("“{taken}” is already taken")) && t.contains("Try another one"),
+        "{t}"
+    );
     let fresh = format!("ok{}", &random_suffix()[..8]);
     b.fill("#code", &fresh).await;
     b.fill("#title", "From the browser").await;
     b.click_css("#go").await;
-    let (t, _) = b.wait_text("#message", Duration::from_secs(5), |t| t.contains("short link is ready")).await;
+    let (t, _) = b
+        .wait_text("#message", Duration::from_secs(5), |t| {
+            t.contains("short link is ready")
+        })
+        .await;
     assert!(t.contains(&format!("{edge}/{fresh}")), "{t}");
     assert!(b.try_find("#copy").await.is_some(), "a copy button");
     shot(&b, "front-page").await;
 
     // --- /logs: a redirect shows within 2 s; its request id finds it. -----
     b.goto(&format!("{dash}/logs")).await;
-    b.wait_text("#live-state", Duration::from_secs(5), |t| t == "live").await;
+    b.wait_text("#live-state", Duration::from_secs(5), |t| t == "live")
+        .await;
     weights.push(measure(&b, "`/logs`").await);
     let r = http(sys.edge, "GET", &format!("/{fresh}"), &[], b"").await;
     assert_eq!(r.status, 302, "{}", r.body);
@@ -189,33 +221,65 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     let (_, took) = b
         .wait_text("#log-rows", Duration::from_secs(2), |t| t.contains(&rid))
         .await;
-    println!("redirect visible on /logs {} ms after its answer", (sent.elapsed().min(took)).as_millis());
+    println!(
+        "redirect visible on /logs {} ms after its answer",
+        (sent.elapsed().min(took)).as_millis()
+    );
     shot(&b, "logs").await;
-    b.click_css(&format!("a.rid[href='/logs?request_id={rid}']")).await;
-    let (t, _) = b.wait_text("#request", Duration::from_secs(5), |t| t.contains(&rid)).await;
+    b.click_css(&format!("a.rid[href='/logs?request_id={rid}']"))
+        .await;
+    let (t, _) = b
+        .wait_text("#request", Duration::from_secs(5), |t| t.contains(&rid))
+        .await;
     assert!(t.contains("302"), "the stored request: {t}");
     let rows = b.text_of("#log-rows").await;
-    assert!(rows.contains(&rid) && rows.contains(&format!("GET /{fresh}")), "{rows}");
-    assert!(rows.lines().all(|l| l.contains(&rid)), "only that request's events: {rows}");
+    assert!(
+        rows.contains(&rid) && rows.contains(&format!("GET /{fresh}")),
+        "{rows}"
+    );
+    assert!(
+        rows.lines().all(|l| l.contains(&rid)),
+        "only that request's events: {rows}"
+    );
 
     // --- /errors: an induced 5xx (the urls table renamed away). ----------
     let db = format!("sqlite://{}/shortlink.db", sys.dir.display());
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&db).await.expect("app database");
-    sqlx::query("ALTER TABLE urls RENAME TO urls_away").execute(&pool).await.unwrap();
-    let r = post_json(sys.edge, "/shorten", json!({"original_url": "https://example.com/5xx", "user_id": 1}), &[]).await;
-    sqlx::query("ALTER TABLE urls_away RENAME TO urls").execute(&pool).await.unwrap();
+    sqlx::query("ALTER TABLE urls RENAME TO urls_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = post_json(
+        sys.edge,
+        "/shorten",
+        json!({"original_url": "https://example.com/5xx", "user_id": 1}),
+        &[],
+    )
+    .await;
+    sqlx::query("ALTER TABLE urls_away RENAME TO urls")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     assert!(r.status >= 500, "an induced 5xx: {} {}", r.status, r.body);
     let bad_rid = r.header("x-request-id").unwrap().to_owned();
     b.goto(&format!("{dash}/errors")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !b.text_of("#samples").await.contains(&bad_rid) {
-        assert!(Instant::now() < deadline, "the 5xx never showed on /errors: {}", b.body_text().await);
+        assert!(
+            Instant::now() < deadline,
+            "the 5xx never showed on /errors: {}",
+            b.body_text().await
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         b.goto(&format!("{dash}/errors")).await;
     }
-    assert!(b.text_of("#by-route").await.contains("/shorten"), "{}", b.text_of("#by-route").await);
+    assert!(
+        b.text_of("#by-route").await.contains("/shorten"),
+        "{}",
+        b.text_of("#by-route").await
+    );
     assert_ne!(b.text_of("#total-5xx").await, "0");
     weights.push(measure(&b, "`/errors`").await);
     shot(&b, "errors").await;
@@ -227,7 +291,14 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
         ("/incidents/note", "note=hi"),
         ("/chaos/links/kill", ""),
     ] {
-        let r = http(sys.dash, "POST", path, &[("content-type", "application/x-www-form-urlencoded")], body.as_bytes()).await;
+        let r = http(
+            sys.dash,
+            "POST",
+            path,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        )
+        .await;
         assert_eq!(r.status, 401, "{path} without a session: {}", r.body);
     }
     let alert = |status: &str| {
@@ -240,38 +311,71 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     };
     let r = post_json(sys.dash, "/api/alertmanager", alert("firing"), &[]).await;
     assert_eq!(r.status, 401, "webhook without the token: {}", r.body);
-    let r = post_json(sys.dash, "/api/alertmanager", alert("firing"), &[("authorization", "Bearer wrong")]).await;
+    let r = post_json(
+        sys.dash,
+        "/api/alertmanager",
+        alert("firing"),
+        &[("authorization", "Bearer wrong")],
+    )
+    .await;
     assert_eq!(r.status, 401, "webhook with a wrong token: {}", r.body);
     // In the browser: the load form without a login says so.
     b.goto(&format!("{dash}/load")).await;
     b.click_css("#start").await;
-    let (t, _) = b.wait_text("#message", Duration::from_secs(5), |t| !t.is_empty()).await;
+    let (t, _) = b
+        .wait_text("#message", Duration::from_secs(5), |t| !t.is_empty())
+        .await;
     assert!(t.contains("Log in"), "{t}");
 
     // --- Incidents: Alertmanager firing opens one, resolve closes it. -----
     let bearer = format!("Bearer {TOKEN}");
-    let r = post_json(sys.dash, "/api/alertmanager", alert("firing"), &[("authorization", &bearer)]).await;
+    let r = post_json(
+        sys.dash,
+        "/api/alertmanager",
+        alert("firing"),
+        &[("authorization", &bearer)],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     b.goto(&format!("{dash}/incidents")).await;
     let inc = b.text_of("#incidents").await;
-    assert!(inc.contains("OPEN") && inc.contains("ShortlinkEdgeDown: every edge is down"), "{inc}");
+    assert!(
+        inc.contains("OPEN") && inc.contains("ShortlinkEdgeDown: every edge is down"),
+        "{inc}"
+    );
     assert_eq!(b.text_of("#open-count").await, "1");
-    assert!(b.text_of("#timeline").await.contains("ShortlinkEdgeDown firing"));
+    assert!(
+        b.text_of("#timeline")
+            .await
+            .contains("ShortlinkEdgeDown firing")
+    );
     shot(&b, "incidents").await;
-    let r = post_json(sys.dash, "/api/alertmanager", alert("resolved"), &[("authorization", &bearer)]).await;
+    let r = post_json(
+        sys.dash,
+        "/api/alertmanager",
+        alert("resolved"),
+        &[("authorization", &bearer)],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     b.goto(&format!("{dash}/incidents")).await;
     let inc = b.text_of("#incidents").await;
     assert!(inc.contains("resolved") && !inc.contains("OPEN"), "{inc}");
     assert_eq!(b.text_of("#open-count").await, "0");
-    assert!(b.text_of("#timeline").await.contains("ShortlinkEdgeDown resolved"));
+    assert!(
+        b.text_of("#timeline")
+            .await
+            .contains("ShortlinkEdgeDown resolved")
+    );
     weights.push(measure(&b, "`/incidents`").await);
 
     // --- Log in; a bronze run from /load: live stats, then the history. ---
     b.goto(&format!("{dash}/login?next=/load")).await;
     b.fill("input[name=token]", "wrong").await;
     b.click_css("button[type=submit]").await;
-    let (t, _) = b.wait_text("#message", Duration::from_secs(5), |t| !t.is_empty()).await;
+    let (t, _) = b
+        .wait_text("#message", Duration::from_secs(5), |t| !t.is_empty())
+        .await;
     assert!(t.contains("Wrong operator token"), "{t}");
     b.goto(&format!("{dash}/login?next=/load")).await;
     b.fill("input[name=token]", TOKEN).await;
@@ -282,13 +386,17 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     b.fill("input[name=duration]", "6s").await;
     b.click_css("#start").await;
     let (rps, _) = b
-        .wait_text("#s-rps", Duration::from_secs(15), |t| t.ends_with("req/s") && !t.starts_with("0 "))
+        .wait_text("#s-rps", Duration::from_secs(15), |t| {
+            t.ends_with("req/s") && !t.starts_with("0 ")
+        })
         .await;
     println!("live k6 throughput seen on /load: {rps}");
     assert!(b.text_of("#s-lat").await.ends_with("ms"));
     shot(&b, "load").await;
     let (hist, _) = b
-        .wait_text("#history", Duration::from_secs(40), |t| t.contains("finished"))
+        .wait_text("#history", Duration::from_secs(40), |t| {
+            t.contains("finished")
+        })
         .await;
     assert!(hist.contains("bronze") && hist.contains("req/s"), "{hist}");
     weights.push(measure(&b, "`/load`").await);
@@ -297,9 +405,15 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     b.goto(&format!("{dash}/incidents")).await;
     b.fill("input[name=note]", "looked at the edge; fine").await;
     b.click_css("#note-form button").await;
-    b.wait_text("#timeline", Duration::from_secs(5), |t| t.contains("looked at the edge; fine")).await;
+    b.wait_text("#timeline", Duration::from_secs(5), |t| {
+        t.contains("looked at the edge; fine")
+    })
+    .await;
     let tl = b.text_of("#timeline").await;
-    assert!(tl.contains("load test started: bronze") && tl.contains("load test finished: bronze"), "{tl}");
+    assert!(
+        tl.contains("load test started: bronze") && tl.contains("load test finished: bronze"),
+        "{tl}"
+    );
 
     // --- Golden signals (from the dashboard database here) and the chaos page. ---
     b.goto(&format!("{dash}/")).await;
@@ -345,22 +459,34 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
             ("DATABASE_URL", db.url.clone()),
             ("REDIS_URL", shortlink_testkit::redis_url()),
             ("KAFKA_BROKERS", support::kafka_brokers()),
-            ("KAFKA_TOPIC_PREFIX", format!("chaos{}.", &random_suffix()[..8])),
+            (
+                "KAFKA_TOPIC_PREFIX",
+                format!("chaos{}.", &random_suffix()[..8]),
+            ),
             ("EDGE_HTTP_ADDR", edge.to_string()),
             ("DASHBOARD_ADDR", dash.to_string()),
             ("DASHBOARD_TOKEN", TOKEN.into()),
             ("WATCHDOG_ADDR", watchdog.to_string()),
-            ("WATCHDOG_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+            (
+                "WATCHDOG_METRICS_ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            ),
             ("WATCHDOG_URL", format!("http://{watchdog}")),
             ("WATCHDOG_TOKEN", "watchdog-token".into()),
-            ("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into())),
+            (
+                "HOME",
+                std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+            ),
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     while !(tokio::net::TcpStream::connect(dash).await.is_ok()
         && shortlink_testkit::http_get(dash, "/ready").await.0 == 200)
     {
-        assert!(Instant::now() < deadline, "the dashboard of up --ha never became ready");
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard of up --ha never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let dash = format!("http://{dash}");
@@ -371,29 +497,49 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
     // A links replica: the edge keeps serving through the others.
     let row = "#components tr[data-name^='links']";
     b.find(row, Duration::from_secs(30)).await;
-    b.wait_text(&format!("{row} .state"), Duration::from_secs(30), |t| t == "running").await;
+    b.wait_text(&format!("{row} .state"), Duration::from_secs(30), |t| {
+        t == "running"
+    })
+    .await;
     let name = b
-        .execute(&format!("return document.querySelector(\"{row}\").dataset.name"))
+        .execute(&format!(
+            "return document.querySelector(\"{row}\").dataset.name"
+        ))
         .await
         .as_str()
         .unwrap()
         .to_owned();
     let this = format!("#components tr[data-name='{name}']");
     shot(&b, "chaos").await;
-    b.click_css(&format!("{this} button[data-action=kill]")).await;
+    b.click_css(&format!("{this} button[data-action=kill]"))
+        .await;
     b.accept_alert().await;
-    b.wait_text("#chaos-result", Duration::from_secs(10), |t| t.contains(&format!("kill {name}"))).await;
+    b.wait_text("#chaos-result", Duration::from_secs(10), |t| {
+        t.contains(&format!("kill {name}"))
+    })
+    .await;
     // Down (the page refreshes every 2 s), then back.
-    b.wait_text(&format!("{this} .state"), Duration::from_secs(15), |t| t != "running").await;
-    b.wait_text(&format!("{this} .state"), Duration::from_secs(60), |t| t == "running").await;
+    b.wait_text(&format!("{this} .state"), Duration::from_secs(15), |t| {
+        t != "running"
+    })
+    .await;
+    b.wait_text(&format!("{this} .state"), Duration::from_secs(60), |t| {
+        t == "running"
+    })
+    .await;
     b.goto(&format!("{dash}/incidents")).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let tl = b.text_of("#timeline").await;
-        if tl.contains(&format!("operator kill {name}")) && tl.contains(&format!("watchdog restarted {name}")) {
+        if tl.contains(&format!("operator kill {name}"))
+            && tl.contains(&format!("watchdog restarted {name}"))
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the kill and the restart are not both on the timeline:\n{tl}");
+        assert!(
+            Instant::now() < deadline,
+            "the kill and the restart are not both on the timeline:\n{tl}"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         b.goto(&format!("{dash}/incidents")).await;
     }

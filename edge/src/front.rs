@@ -39,6 +39,9 @@ mod tests {
         assert!(!p.contains("src=\"http"), "external script");
         assert!(!p.contains("href=\"http"), "external link");
         assert!(!p.contains("@import"), "external style");
-        assert!(p.contains("fetch('/shorten'"), "calls the API on this origin");
+        assert!(
+            p.contains("fetch('/shorten'"),
+            "calls the API on this origin"
+        );
     }
 }

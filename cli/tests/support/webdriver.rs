@@ -33,7 +33,9 @@ fn chromium_binary() -> String {
             return b.into();
         }
     }
-    panic!("chromium is not installed: `apt-get install chromium chromium-driver` (scripts/test.sh does it)")
+    panic!(
+        "chromium is not installed: `apt-get install chromium chromium-driver` (scripts/test.sh does it)"
+    )
 }
 
 impl Browser {
@@ -134,7 +136,11 @@ impl Browser {
             if let Some(e) = self.try_find(css).await {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no element {css} in {limit:?}: page text:\n{}", self.body_text().await);
+            assert!(
+                Instant::now() < deadline,
+                "no element {css} in {limit:?}: page text:\n{}",
+                self.body_text().await
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -243,10 +249,9 @@ fn base64_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
         let pad = chunk.iter().filter(|&&b| b == b'=').count();
-        let n = chunk
-            .iter()
-            .fold(0u32, |acc, &b| (acc << 6) | if b == b'=' { 0 } else { val(b) })
-            << (6 * (4 - chunk.len() as u32));
+        let n = chunk.iter().fold(0u32, |acc, &b| {
+            (acc << 6) | if b == b'=' { 0 } else { val(b) }
+        }) << (6 * (4 - chunk.len() as u32));
         let b = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
         out.extend_from_slice(&b[..3 - pad.min(2)]);
     }

@@ -149,7 +149,13 @@ pub fn bars(title: &str, unit: &str, t0: i64, t1: i64, bucket: i64, series: &[Se
         for &(t, v) in &s.points {
             let b = base.entry(t).or_default();
             let y = H - BOTTOM - h(*b + v);
-            rects.push((x(t), y, h(v), s.color, format!("{}: {} at {} UTC", s.name, fmt(v, unit), hhmm(t))));
+            rects.push((
+                x(t),
+                y,
+                h(v),
+                s.color,
+                format!("{}: {} at {} UTC", s.name, fmt(v, unit), hhmm(t)),
+            ));
             *b += v;
         }
     }
@@ -195,7 +201,19 @@ mod tests {
         let l = line("latency", "ms", 0, 60, &[s]).into_string();
         assert!(l.contains("<svg") && l.contains("polyline"), "{l}");
         assert!(l.contains("&lt;p99&gt;") && !l.contains("<p99>"), "{l}");
-        let b = bars("errors", "req", 0, 120, 60, &[Series { name: "5xx".into(), color: "#f55", points: vec![(60, 3.0)] }]).into_string();
+        let b = bars(
+            "errors",
+            "req",
+            0,
+            120,
+            60,
+            &[Series {
+                name: "5xx".into(),
+                color: "#f55",
+                points: vec![(60, 3.0)],
+            }],
+        )
+        .into_string();
         assert!(b.contains("<rect"), "{b}");
     }
 }

@@ -20,7 +20,10 @@ use crate::live::LiveEvent;
 use crate::store::{self, Entry};
 
 fn s(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned()
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The timeline entry (and incident change) an ops event makes.
@@ -108,10 +111,13 @@ async fn store_batch(
         .await?;
     }
     for v in logs {
-        let (time, level, service, message) =
-            (s(v, "time"), s(v, "level"), s(v, "service"), s(v, "message"));
-        store::add_log_sample(pool, &time, &level, &service, &message, &s(v, "request_id"))
-            .await?;
+        let (time, level, service, message) = (
+            s(v, "time"),
+            s(v, "level"),
+            s(v, "service"),
+            s(v, "message"),
+        );
+        store::add_log_sample(pool, &time, &level, &service, &message, &s(v, "request_id")).await?;
         if message.contains("circuit breaker") || level == "CRITICAL" {
             store::add_entry(
                 pool,
@@ -146,7 +152,11 @@ async fn store_batch(
 }
 
 /// Consumes until shutdown.
-pub async fn run(state: AppState, bus: Arc<dyn EventBus>, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    state: AppState,
+    bus: Arc<dyn EventBus>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let args = &state.args;
     let topics = Topics::with_prefix(&args.group.bus.topic_prefix);
     let group = args.group.group_or("dashboard");

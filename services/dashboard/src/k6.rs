@@ -28,7 +28,11 @@ pub const PRESETS: &[(&str, u32, &str)] = &[
     ("silver", 200, "redirect mix"),
     ("gold", 500, "redirect mix: the capacity target"),
     ("stress", 1000, "ramps up to find the knee"),
-    ("chaos", 100, "the paced user journey, to run while the chaos panel breaks things"),
+    (
+        "chaos",
+        100,
+        "the paced user journey, to run while the chaos panel breaks things",
+    ),
 ];
 
 /// Live figures of the running test.
@@ -137,12 +141,20 @@ impl Runner {
 }
 
 /// Starts a run; the error is a message for the operator.
-pub async fn start(s: &AppState, tier: &str, target: &str, duration: &str, actor: &str) -> Result<i64, String> {
+pub async fn start(
+    s: &AppState,
+    tier: &str,
+    target: &str,
+    duration: &str,
+    actor: &str,
+) -> Result<i64, String> {
     if !PRESETS.iter().any(|p| p.0 == tier) {
         return Err(format!("unknown tier {tier:?}"));
     }
     if !s.args.edges.iter().any(|e| e == target) {
-        return Err(format!("{target:?} is not one of the configured edges (DASHBOARD_EDGES)"));
+        return Err(format!(
+            "{target:?} is not one of the configured edges (DASHBOARD_EDGES)"
+        ));
     }
     if !valid_duration(duration) {
         return Err("duration must be like 30s or 5m (at most 30 min)".into());
@@ -187,7 +199,14 @@ pub async fn start(s: &AppState, tier: &str, target: &str, duration: &str, actor
         .arg("--summary-export")
         .arg(&summary)
         .args(["--summary-trend-stats", "avg,min,med,max,p(90),p(95),p(99)"])
-        .args(["-e", &format!("TIER={tier}"), "-e", &format!("BASE={target}"), "-e", &format!("DURATION={duration}")])
+        .args([
+            "-e",
+            &format!("TIER={tier}"),
+            "-e",
+            &format!("BASE={target}"),
+            "-e",
+            &format!("DURATION={duration}"),
+        ])
         .arg(&script)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -280,7 +299,13 @@ async fn supervise(
             let mut lines = tokio::io::BufReader::new(err).lines();
             while let Ok(Some(l)) = lines.next_line().await {
                 let l: String = l.chars().take(300).collect();
-                if let Some(c) = s2.load.cur.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                if let Some(c) = s2
+                    .load
+                    .cur
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
                     c.log.push(l);
                     if c.log.len() > 20 {
                         c.log.remove(0);
@@ -334,16 +359,23 @@ async fn supervise(
             run.p95_ms = trend(&m["http_req_duration"], "p(95)");
             run.p99_ms = trend(&m["http_req_duration"], "p(99)");
             run.error_rate = trend(&m["http_req_failed"], "value");
-            run.summary = serde_json::to_string(&json!({"metrics": m, "state": x["state"]})).unwrap_or_default();
+            run.summary = serde_json::to_string(&json!({"metrics": m, "state": x["state"]}))
+                .unwrap_or_default();
         }
         None => {
             run.requests = stats.requests;
-            run.rps = if secs > 0.0 { stats.requests / secs } else { 0.0 };
+            run.rps = if secs > 0.0 {
+                stats.requests / secs
+            } else {
+                0.0
+            };
             run.p50_ms = stats.p50_ms;
             run.p95_ms = stats.p95_ms;
             run.p99_ms = stats.max_ms;
             run.error_rate = stats.error_rate;
-            run.summary = json!({"note": "k6 wrote no summary; figures are the last live poll", "log": log}).to_string();
+            run.summary =
+                json!({"note": "k6 wrote no summary; figures are the last live poll", "log": log})
+                    .to_string();
         }
     }
     run.status = match (&exit, stopping) {
@@ -363,7 +395,12 @@ async fn supervise(
             id: store::fresh_id(),
             time: store::now(),
             kind: "load".into(),
-            severity: if run.status.starts_with("failed") { "warning" } else { "info" }.into(),
+            severity: if run.status.starts_with("failed") {
+                "warning"
+            } else {
+                "info"
+            }
+            .into(),
             component: run.target.clone(),
             title: format!("load test {}: {}", run.status, run.tier),
             detail: format!(

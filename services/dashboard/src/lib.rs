@@ -40,7 +40,11 @@ pub struct DashboardArgs {
     #[command(flatten)]
     pub group: GroupArgs,
     /// Where the dashboard listens (pages, `/live`, `/ready`, `/metrics`).
-    #[arg(long = "addr", env = "DASHBOARD_ADDR", default_value = "127.0.0.1:3000")]
+    #[arg(
+        long = "addr",
+        env = "DASHBOARD_ADDR",
+        default_value = "127.0.0.1:3000"
+    )]
     pub addr: SocketAddr,
     /// The dashboard database (PostgreSQL or sqlite:), separate from the app's.
     #[arg(

@@ -24,16 +24,32 @@ fn parse_point(p: &Value) -> Option<(i64, f64)> {
     v.is_finite().then_some((t, v))
 }
 
-async fn get(http: &reqwest::Client, base: &str, path: &str, q: &[(&str, String)]) -> anyhow::Result<Value> {
+async fn get(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    q: &[(&str, String)],
+) -> anyhow::Result<Value> {
     let query = q
         .iter()
         .map(|(k, v)| format!("{k}={}", encode(v)))
         .collect::<Vec<_>>()
         .join("&");
     let url = format!("{}{path}?{query}", base.trim_end_matches('/'));
-    let v: Value = http.get(url).send().await?.error_for_status()?.json().await?;
+    let v: Value = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     if v.get("status").and_then(Value::as_str) != Some("success") {
-        anyhow::bail!("prometheus: {}", v.get("error").and_then(Value::as_str).unwrap_or("query failed"));
+        anyhow::bail!(
+            "prometheus: {}",
+            v.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("query failed")
+        );
     }
     Ok(v)
 }

@@ -110,7 +110,9 @@ type EntryRow = (
     Option<i64>,
 );
 
-fn entry((id, time, kind, severity, component, title, detail, actor, incident_id): EntryRow) -> Entry {
+fn entry(
+    (id, time, kind, severity, component, title, detail, actor, incident_id): EntryRow,
+) -> Entry {
     Entry {
         id,
         time,
@@ -207,12 +209,14 @@ pub async fn close(pool: &AnyPool, key: &str) -> anyhow::Result<Option<i64>> {
 
 /// Acknowledges an incident; false if there is none with that id.
 pub async fn ack(pool: &AnyPool, id: i64, by: &str) -> anyhow::Result<bool> {
-    let r = sqlx::query("UPDATE dash_incidents SET acked = $1, acked_by = $2 WHERE id = $3 AND acked IS NULL")
-        .bind(now())
-        .bind(by)
-        .bind(id)
-        .execute(pool)
-        .await?;
+    let r = sqlx::query(
+        "UPDATE dash_incidents SET acked = $1, acked_by = $2 WHERE id = $3 AND acked IS NULL",
+    )
+    .bind(now())
+    .bind(by)
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(r.rows_affected() > 0)
 }
 
@@ -351,7 +355,21 @@ pub async fn runs(pool: &AnyPool, limit: i64) -> anyhow::Result<Vec<LoadRun>> {
     Ok(rows
         .into_iter()
         .map(
-            |(id, started, finished, tier, target, duration, status, requests, rps, p50_ms, p95_ms, p99_ms, error_rate)| {
+            |(
+                id,
+                started,
+                finished,
+                tier,
+                target,
+                duration,
+                status,
+                requests,
+                rps,
+                p50_ms,
+                p95_ms,
+                p99_ms,
+                error_rate,
+            )| {
                 LoadRun {
                     id,
                     started,

@@ -21,7 +21,10 @@ use crate::store::{self, Entry};
 pub const ACTIONS: &[&str] = &["kill", "stop", "start", "restart", "pause", "resume"];
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn watchdog(s: &AppState, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -39,12 +42,19 @@ async fn fetch(s: &AppState) -> Result<Vec<Value>, String> {
         .await
         .map_err(|e| format!("the watchdog at {} does not answer ({e}); run `shortlink up --ha` or `shortlink watchdog`", s.args.watchdog_url))?;
     let status = resp.status();
-    let v: Value = resp.json().await.map_err(|e| format!("the watchdog's answer is not JSON: {e}"))?;
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("the watchdog's answer is not JSON: {e}"))?;
     if !status.is_success() {
         let msg = v["error"]["message"].as_str().unwrap_or("error");
-        return Err(format!("the watchdog refused ({status}): {msg}; check WATCHDOG_TOKEN"));
+        return Err(format!(
+            "the watchdog refused ({status}): {msg}; check WATCHDOG_TOKEN"
+        ));
     }
-    v.as_array().cloned().ok_or_else(|| "the watchdog's answer is not a list of components".into())
+    v.as_array()
+        .cloned()
+        .ok_or_else(|| "the watchdog's answer is not a list of components".into())
 }
 
 fn sv(v: &Value, k: &str) -> String {
@@ -105,28 +115,58 @@ pub async fn page(State(s): State<AppState>, headers: HeaderMap) -> Response {
 pub async fn components(State(s): State<AppState>, headers: HeaderMap) -> Response {
     match fetch(&s).await {
         Ok(c) => axum::Json(c).into_response(),
-        Err(msg) => refuse(&headers, StatusCode::BAD_GATEWAY, "watchdog_unavailable", &msg),
+        Err(msg) => refuse(
+            &headers,
+            StatusCode::BAD_GATEWAY,
+            "watchdog_unavailable",
+            &msg,
+        ),
     }
 }
 
-pub async fn action(State(s): State<AppState>, headers: HeaderMap, Path((name, action)): Path<(String, String)>) -> Response {
+pub async fn action(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
     if let Err(r) = require_operator(&s, &headers, None) {
         return r;
     }
     if !ACTIONS.contains(&action.as_str()) {
-        return refuse(&headers, StatusCode::BAD_REQUEST, "unknown_action", &format!("unknown action {action:?}; one of {}", ACTIONS.join(", ")));
+        return refuse(
+            &headers,
+            StatusCode::BAD_REQUEST,
+            "unknown_action",
+            &format!("unknown action {action:?}; one of {}", ACTIONS.join(", ")),
+        );
     }
     if !valid_name(&name) {
-        return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_name", "invalid component name");
+        return refuse(
+            &headers,
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            "invalid component name",
+        );
     }
-    let resp = watchdog(&s, reqwest::Method::POST, &format!("/components/{name}/{action}")).send().await;
+    let resp = watchdog(
+        &s,
+        reqwest::Method::POST,
+        &format!("/components/{name}/{action}"),
+    )
+    .send()
+    .await;
     let (status, v) = match resp {
         Ok(r) => {
             let st = r.status();
             (st, r.json::<Value>().await.unwrap_or(Value::Null))
         }
         Err(e) => {
-            return refuse(&headers, StatusCode::BAD_GATEWAY, "watchdog_unavailable", &format!("the watchdog does not answer: {e}"));
+            return refuse(
+                &headers,
+                StatusCode::BAD_GATEWAY,
+                "watchdog_unavailable",
+                &format!("the watchdog does not answer: {e}"),
+            );
         }
     };
     let ok = status.is_success();
@@ -138,8 +178,18 @@ pub async fn action(State(s): State<AppState>, headers: HeaderMap, Path((name, a
             kind: "chaos".into(),
             severity: if ok { "warning" } else { "info" }.into(),
             component: name.clone(),
-            title: format!("operator {action} {name}{}", if ok { "" } else { " (refused by the watchdog)" }),
-            detail: if ok { format!("state after: {}", sv(&v, "state")) } else { v["error"]["message"].as_str().unwrap_or_default().to_owned() },
+            title: format!(
+                "operator {action} {name}{}",
+                if ok { "" } else { " (refused by the watchdog)" }
+            ),
+            detail: if ok {
+                format!("state after: {}", sv(&v, "state"))
+            } else {
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            },
             actor: "dashboard operator".into(),
             incident_id: None,
         },
@@ -149,7 +199,10 @@ pub async fn action(State(s): State<AppState>, headers: HeaderMap, Path((name, a
         axum::Json(v).into_response()
     } else {
         let code = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let msg = v["error"]["message"].as_str().unwrap_or("the watchdog refused the action").to_owned();
+        let msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or("the watchdog refused the action")
+            .to_owned();
         (code, axum::Json(json!({"error": {"code": v["error"]["code"].as_str().unwrap_or("watchdog_error"), "message": msg}}))).into_response()
     }
 }

@@ -19,7 +19,9 @@ pub struct Q {
     range: Option<String>,
 }
 
-const COLORS: &[&str] = &["#ff6b6b", "#f2c14e", "#c792ea", "#ff9e64", "#89ddff", "#e06c75"];
+const COLORS: &[&str] = &[
+    "#ff6b6b", "#f2c14e", "#c792ea", "#ff9e64", "#89ddff", "#e06c75",
+];
 
 async fn body(s: &AppState, r: Range) -> anyhow::Result<Markup> {
     let since_min = (chrono::Utc::now() - chrono::Duration::minutes(r.minutes))
@@ -63,14 +65,24 @@ async fn body(s: &AppState, r: Range) -> anyhow::Result<Markup> {
     .await?;
     let mut series: BTreeMap<i64, Vec<(i64, f64)>> = BTreeMap::new();
     for (m, st, n) in &by_status {
-        let t = chrono::DateTime::parse_from_rfc3339(m).map(|d| d.timestamp()).unwrap_or(0);
+        let t = chrono::DateTime::parse_from_rfc3339(m)
+            .map(|d| d.timestamp())
+            .unwrap_or(0);
         series.entry(*st).or_default().push((t, *n as f64));
     }
     // 5xx first (bottom of the stack), then 4xx.
     let mut ordered: Vec<(i64, Vec<(i64, f64)>)> = series.into_iter().collect();
     ordered.sort_by_key(|(st, _)| (*st < 500, *st));
-    let total5: f64 = by_status.iter().filter(|r| r.1 >= 500).map(|r| r.2 as f64).sum();
-    let total4: f64 = by_status.iter().filter(|r| r.1 < 500).map(|r| r.2 as f64).sum();
+    let total5: f64 = by_status
+        .iter()
+        .filter(|r| r.1 >= 500)
+        .map(|r| r.2 as f64)
+        .sum();
+    let total4: f64 = by_status
+        .iter()
+        .filter(|r| r.1 < 500)
+        .map(|r| r.2 as f64)
+        .sum();
     let t1 = chrono::Utc::now().timestamp();
     let t0 = t1 - r.minutes * 60;
     Ok(html! {
@@ -132,7 +144,9 @@ async fn body(s: &AppState, r: Range) -> anyhow::Result<Markup> {
 
 pub async fn page(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<Q>) -> Response {
     let r = Range::parse(q.range.as_deref(), 1440);
-    let b = body(&s, r).await.unwrap_or_else(|e| unavailable("Error analytics", &e));
+    let b = body(&s, r)
+        .await
+        .unwrap_or_else(|e| unavailable("Error analytics", &e));
     let b = html! {
         div.head { h1 { "Error analytics" } (range_picker("/errors", r, 1440)) }
         (b)

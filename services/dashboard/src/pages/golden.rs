@@ -73,7 +73,10 @@ async fn from_db(s: &AppState, r: Range) -> anyhow::Result<Markup> {
         rr.1 += *err as f64;
         rr.2 = rr.2.max(*p99);
     }
-    let (t1, t0) = (chrono::Utc::now().timestamp(), chrono::Utc::now().timestamp() - r.minutes * 60);
+    let (t1, t0) = (
+        chrono::Utc::now().timestamp(),
+        chrono::Utc::now().timestamp() - r.minutes * 60,
+    );
     let lat = |i: usize, name: &str, color| Series {
         name: name.into(),
         color,
@@ -103,7 +106,10 @@ async fn from_db(s: &AppState, r: Range) -> anyhow::Result<Markup> {
         }
     }
     let total: f64 = per_min.values().map(|v| v.0).sum();
-    let e5: f64 = classes.get("5xx").map(|v| v.iter().map(|p| p.1).sum()).unwrap_or(0.0);
+    let e5: f64 = classes
+        .get("5xx")
+        .map(|v| v.iter().map(|p| p.1).sum())
+        .unwrap_or(0.0);
     let last = per_min.iter().next_back();
     Ok(html! {
         p.source { "Source: " strong { "the dashboard database" } " (per-minute aggregates of the request events; latency per minute is the request-weighted mean of each route's percentile). Set PROMETHEUS_URL for Prometheus's histograms and saturation." }
@@ -153,29 +159,75 @@ async fn from_prometheus(s: &AppState, base: &str, r: Range) -> anyhow::Result<M
     let t0 = t1 - r.minutes * 60;
     let step = (r.minutes * 60 / 120).max(15);
     let w = if r.minutes <= 15 { "1m" } else { "5m" };
-    let q = |p: f64| format!("1000 * histogram_quantile({p}, sum by (le) (rate(shortlink_http_request_duration_seconds_bucket[{w}])))");
+    let q = |p: f64| {
+        format!(
+            "1000 * histogram_quantile({p}, sum by (le) (rate(shortlink_http_request_duration_seconds_bucket[{w}])))"
+        )
+    };
     let mut lat = Vec::new();
     for (p, name, color) in [(0.5, "p50", P50), (0.95, "p95", P95), (0.99, "p99", P99)] {
-        let pts = prom::range(h, base, &q(p), t0, t1, step, "x").await?.into_iter().next().map(|x| x.1).unwrap_or_default();
-        lat.push(Series { name: name.into(), color, points: pts });
+        let pts = prom::range(h, base, &q(p), t0, t1, step, "x")
+            .await?
+            .into_iter()
+            .next()
+            .map(|x| x.1)
+            .unwrap_or_default();
+        lat.push(Series {
+            name: name.into(),
+            color,
+            points: pts,
+        });
     }
-    let traffic = prom::range(h, base, &format!("sum by (component) (rate(shortlink_http_requests_total[{w}]))"), t0, t1, step, "component").await?;
+    let traffic = prom::range(
+        h,
+        base,
+        &format!("sum by (component) (rate(shortlink_http_requests_total[{w}]))"),
+        t0,
+        t1,
+        step,
+        "component",
+    )
+    .await?;
     let errors = prom::range(h, base, &format!("sum by (status_class) (rate(shortlink_http_requests_total{{status_class=~\"4xx|5xx\"}}[{w}]))"), t0, t1, step, "status_class").await?;
-    let cpu = prom::instant(h, base, "sum by (component) (rate(shortlink_process_cpu_seconds_total[1m]))", "component").await?;
-    let mem = prom::instant(h, base, "sum by (component) (shortlink_process_resident_memory_bytes)", "component").await?;
+    let cpu = prom::instant(
+        h,
+        base,
+        "sum by (component) (rate(shortlink_process_cpu_seconds_total[1m]))",
+        "component",
+    )
+    .await?;
+    let mem = prom::instant(
+        h,
+        base,
+        "sum by (component) (shortlink_process_resident_memory_bytes)",
+        "component",
+    )
+    .await?;
     let pool = prom::instant(h, base, "max by (component) (shortlink_db_pool_connections{state=\"in_use\"}) / max by (component) (shortlink_db_pool_connections{state=\"max\"})", "component").await?;
     let queue = prom::instant(h, base, "max by (component) (shortlink_bus_events_pending) / max by (component) (shortlink_bus_producer_queue_capacity)", "component").await?;
-    let lag = prom::instant(h, base, "sum by (group) (shortlink_bus_consumer_lag)", "group").await?;
+    let lag = prom::instant(
+        h,
+        base,
+        "sum by (group) (shortlink_bus_consumer_lag)",
+        "group",
+    )
+    .await?;
     let req = prom::instant(h, base, "sum by (component) (rate(shortlink_http_requests_total[5m])) or sum by (component) (rate(shortlink_grpc_server_requests_total[5m]))", "component").await?;
     let err = prom::instant(h, base, "sum by (component) (rate(shortlink_http_requests_total{status_class=\"5xx\"}[5m])) / sum by (component) (rate(shortlink_http_requests_total[5m]))", "component").await?;
     let p99 = prom::instant(h, base, "1000 * histogram_quantile(0.99, sum by (component, le) (rate(shortlink_http_request_duration_seconds_bucket[5m]))) or 1000 * histogram_quantile(0.99, sum by (component, le) (rate(shortlink_grpc_server_request_duration_seconds_bucket[5m])))", "component").await?;
     let mut comps: BTreeMap<String, [Option<f64>; 7]> = BTreeMap::new();
-    for (i, set) in [&req, &err, &p99, &cpu, &mem, &pool, &queue].into_iter().enumerate() {
+    for (i, set) in [&req, &err, &p99, &cpu, &mem, &pool, &queue]
+        .into_iter()
+        .enumerate()
+    {
         for (c, v) in set {
             comps.entry(c.clone()).or_default()[i] = Some(*v);
         }
     }
-    let show = |v: Option<f64>, unit: &str, scale: f64| v.map(|v| fmt(v * scale, unit)).unwrap_or_else(|| "—".into());
+    let show = |v: Option<f64>, unit: &str, scale: f64| {
+        v.map(|v| fmt(v * scale, unit))
+            .unwrap_or_else(|| "—".into())
+    };
     Ok(html! {
         p.source { "Source: " strong { "Prometheus" } " at " code { (base) } " (histograms over " (w) " windows, step " (step) " s)." }
         div.charts {

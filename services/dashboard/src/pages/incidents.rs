@@ -108,13 +108,22 @@ pub struct NoteForm {
     note: String,
 }
 
-pub async fn note(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<NoteForm>) -> Response {
+pub async fn note(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<NoteForm>,
+) -> Response {
     if let Err(r) = require_operator(&s, &headers, Some(&f.csrf)) {
         return r;
     }
     let text: String = f.note.trim().chars().take(2000).collect();
     if text.is_empty() {
-        return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_note", "A note needs some text.");
+        return refuse(
+            &headers,
+            StatusCode::BAD_REQUEST,
+            "invalid_note",
+            "A note needs some text.",
+        );
     }
     let incident_id = f.incident_id.parse::<i64>().ok();
     let e = Entry {
@@ -131,7 +140,12 @@ pub async fn note(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<N
         Ok(()) => Redirect::to("/incidents").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "could not store a note");
-            refuse(&headers, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The dashboard database did not take the note; try again.")
+            refuse(
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The dashboard database did not take the note; try again.",
+            )
         }
     }
 }
@@ -142,7 +156,12 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn ack(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<i64>, Form(f): Form<CsrfForm>) -> Response {
+pub async fn ack(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     if let Err(r) = require_operator(&s, &headers, Some(&f.csrf)) {
         return r;
     }
@@ -164,16 +183,29 @@ pub async fn ack(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<i
             .await;
             Redirect::to("/incidents").into_response()
         }
-        Ok(false) => refuse(&headers, StatusCode::NOT_FOUND, "not_found", "No unacknowledged incident with that id."),
+        Ok(false) => refuse(
+            &headers,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No unacknowledged incident with that id.",
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "could not acknowledge");
-            refuse(&headers, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The dashboard database is unavailable; try again.")
+            refuse(
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The dashboard database is unavailable; try again.",
+            )
         }
     }
 }
 
 fn sv(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned()
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Records one Alertmanager alert: a timeline entry, and for a critical
@@ -205,8 +237,15 @@ pub async fn record_alert(pool: &sqlx::AnyPool, a: &Value) -> anyhow::Result<()>
     let (incident_id, time) = if status == "resolved" {
         (store::close(pool, &key).await?, sv(a, "endsAt"))
     } else if severity == "critical" {
-        let title = if summary.is_empty() { name.clone() } else { format!("{name}: {summary}") };
-        (Some(store::open(pool, &key, &title, severity).await?), sv(a, "startsAt"))
+        let title = if summary.is_empty() {
+            name.clone()
+        } else {
+            format!("{name}: {summary}")
+        };
+        (
+            Some(store::open(pool, &key, &title, severity).await?),
+            sv(a, "startsAt"),
+        )
     } else {
         (None, sv(a, "startsAt"))
     };
@@ -221,9 +260,20 @@ pub async fn record_alert(pool: &sqlx::AnyPool, a: &Value) -> anyhow::Result<()>
             id: store::content_id(&["alert", &fingerprint, &status, &sv(a, "startsAt")]),
             time,
             kind: "alert".into(),
-            severity: if status == "resolved" { "info".into() } else { severity.into() },
+            severity: if status == "resolved" {
+                "info".into()
+            } else {
+                severity.into()
+            },
             component,
-            title: format!("{name} {}", if status == "resolved" { "resolved" } else { "firing" }),
+            title: format!(
+                "{name} {}",
+                if status == "resolved" {
+                    "resolved"
+                } else {
+                    "firing"
+                }
+            ),
             detail: summary,
             actor: "alertmanager".into(),
             incident_id,
@@ -240,17 +290,32 @@ pub async fn alertmanager(State(s): State<AppState>, headers: HeaderMap, body: B
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_json", &format!("not an Alertmanager webhook payload: {e}"));
+            return refuse(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                &format!("not an Alertmanager webhook payload: {e}"),
+            );
         }
     };
     let Some(alerts) = v.get("alerts").and_then(Value::as_array) else {
-        return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_payload", "the payload has no alerts array");
+        return refuse(
+            &headers,
+            StatusCode::BAD_REQUEST,
+            "invalid_payload",
+            "the payload has no alerts array",
+        );
     };
     let mut n = 0;
     for a in alerts.iter().take(1000) {
         if let Err(e) = record_alert(&s.pool, a).await {
             tracing::warn!(error = %e, "could not record an alert");
-            return refuse(&headers, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the dashboard database is unavailable; Alertmanager will retry");
+            return refuse(
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the dashboard database is unavailable; Alertmanager will retry",
+            );
         }
         n += 1;
     }

@@ -89,11 +89,23 @@ pub struct StartForm {
     duration: String,
 }
 
-pub async fn start(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<StartForm>) -> Response {
+pub async fn start(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<StartForm>,
+) -> Response {
     if let Err(r) = require_operator(&s, &headers, Some(&f.csrf)) {
         return r;
     }
-    match k6::start(&s, f.tier.trim(), f.target.trim(), f.duration.trim(), "operator").await {
+    match k6::start(
+        &s,
+        f.tier.trim(),
+        f.target.trim(),
+        f.duration.trim(),
+        "operator",
+    )
+    .await
+    {
         Ok(_) => Redirect::to("/load").into_response(),
         Err(msg) => refuse(&headers, StatusCode::CONFLICT, "load_test", &msg),
     }
@@ -105,7 +117,11 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn stop(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+pub async fn stop(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     if let Err(r) = require_operator(&s, &headers, Some(&f.csrf)) {
         return r;
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Response;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use maud::{Markup, html};
 
@@ -75,12 +75,20 @@ async fn about(s: &AppState, rid: &str) -> anyhow::Result<Markup> {
     })
 }
 
-pub async fn page(State(s): State<AppState>, headers: HeaderMap, Query(f): Query<Filter>) -> Response {
+pub async fn page(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<Filter>,
+) -> Response {
     let history = s.live.recent(&f, HISTORY);
     let detail = if f.request_id.trim().is_empty() {
         None
     } else {
-        Some(about(&s, f.request_id.trim()).await.unwrap_or_else(|e| unavailable("This request's stored data", &e)))
+        Some(
+            about(&s, f.request_id.trim())
+                .await
+                .unwrap_or_else(|e| unavailable("This request's stored data", &e)),
+        )
     };
     let body = html! {
         div.head { h1 { "Live logs" } span #live-state.good { "live" } }
@@ -114,7 +122,9 @@ pub async fn page(State(s): State<AppState>, headers: HeaderMap, Query(f): Query
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -153,7 +163,9 @@ pub async fn stream(
             };
             match next {
                 Ok(e) if f.matches(&e) => {
-                    let ev = Event::default().id(e.seq.to_string()).data(row(&e).into_string());
+                    let ev = Event::default()
+                        .id(e.seq.to_string())
+                        .data(row(&e).into_string());
                     return Some((Ok(ev), (rx, f, stop)));
                 }
                 Ok(_) => continue,

@@ -33,10 +33,22 @@ pub struct Range {
 }
 
 pub const RANGES: &[Range] = &[
-    Range { name: "15m", minutes: 15 },
-    Range { name: "1h", minutes: 60 },
-    Range { name: "6h", minutes: 360 },
-    Range { name: "24h", minutes: 1440 },
+    Range {
+        name: "15m",
+        minutes: 15,
+    },
+    Range {
+        name: "1h",
+        minutes: 60,
+    },
+    Range {
+        name: "6h",
+        minutes: 360,
+    },
+    Range {
+        name: "24h",
+        minutes: 1440,
+    },
 ];
 
 impl Range {
@@ -91,7 +103,13 @@ fn relative(d: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// The page frame; only `main` when the request asks for a partial.
-pub fn layout(s: &AppState, headers: &HeaderMap, title: &str, path: &str, body: Markup) -> Response {
+pub fn layout(
+    s: &AppState,
+    headers: &HeaderMap,
+    title: &str,
+    path: &str,
+    body: Markup,
+) -> Response {
     let session = s.auth.get(headers);
     let refresh = match path {
         "/" | "/errors" | "/incidents" => Some("15"),
@@ -102,11 +120,7 @@ pub fn layout(s: &AppState, headers: &HeaderMap, title: &str, path: &str, body: 
         main #main data-refresh=[refresh] { (body) }
     };
     if headers.get("x-partial").is_some() {
-        return (
-            [(header::CACHE_CONTROL, "no-store")],
-            main,
-        )
-            .into_response();
+        return ([(header::CACHE_CONTROL, "no-store")], main).into_response();
     }
     let page = html! {
         (DOCTYPE)
@@ -171,6 +185,10 @@ pub fn error_page(status: StatusCode, msg: &str) -> Response {
 
 /// A failed database or upstream read, shown in place of a panel.
 pub fn unavailable(what: &str, e: &anyhow::Error) -> Markup {
-    tracing::warn!(error = format!("{e:#}"), what, "dashboard panel unavailable");
+    tracing::warn!(
+        error = format!("{e:#}"),
+        what,
+        "dashboard panel unavailable"
+    );
     html! { p.notice.bad { (what) " is unavailable right now; the cause is in the dashboard's log." } }
 }
