@@ -196,6 +196,16 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
         t.contains(&format!("“{taken}” is already taken")) && t.contains("Try another one"),
         "{t}"
     );
+    b.fill("#code", "").await;
+    b.fill("#user", "987654321").await;
+    b.click_css("#go").await;
+    let (t, _) = b
+        .wait_text("#message", Duration::from_secs(5), |t| {
+            t.contains("no user")
+        })
+        .await;
+    assert!(t.contains("There is no user with id 987654321"), "{t}");
+    b.fill("#user", "1").await;
     let fresh = format!("ok{}", &random_suffix()[..8]);
     b.fill("#code", &fresh).await;
     b.fill("#title", "From the browser").await;
@@ -257,11 +267,27 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
         &[],
     )
     .await;
+    // The front page says creation is paused, not what broke.
+    b.goto(&format!("{edge}/")).await;
+    b.fill("#url", "https://example.com/while-broken").await;
+    b.fill("#user", "1").await;
+    b.click_css("#go").await;
+    let (t, _) = b
+        .wait_text("#message", Duration::from_secs(5), |t| !t.is_empty())
+        .await;
     sqlx::query("ALTER TABLE urls_away RENAME TO urls")
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
+    assert!(
+        t.contains("Creating links is paused") && t.contains("Existing short links still redirect"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("urls") && !t.contains("50"),
+        "no internals on the page: {t}"
+    );
     assert!(r.status >= 500, "an induced 5xx: {} {}", r.status, r.body);
     let bad_rid = r.header("x-request-id").unwrap().to_owned();
     b.goto(&format!("{dash}/errors")).await;
