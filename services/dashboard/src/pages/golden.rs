@@ -213,7 +213,7 @@ async fn from_prometheus(s: &AppState, base: &str, r: Range) -> anyhow::Result<M
     )
     .await?;
     let req = prom::instant(h, base, "sum by (component) (rate(shortlink_http_requests_total[5m])) or sum by (component) (rate(shortlink_grpc_server_requests_total[5m]))", "component").await?;
-    let err = prom::instant(h, base, "sum by (component) (rate(shortlink_http_requests_total{status_class=\"5xx\"}[5m])) / sum by (component) (rate(shortlink_http_requests_total[5m]))", "component").await?;
+    let err = prom::instant(h, base, "(sum by (component) (rate(shortlink_http_requests_total{status_class=\"5xx\"}[5m])) or 0 * sum by (component) (rate(shortlink_http_requests_total[5m]))) / sum by (component) (rate(shortlink_http_requests_total[5m]))", "component").await?;
     let p99 = prom::instant(h, base, "1000 * histogram_quantile(0.99, sum by (component, le) (rate(shortlink_http_request_duration_seconds_bucket[5m]))) or 1000 * histogram_quantile(0.99, sum by (component, le) (rate(shortlink_grpc_server_request_duration_seconds_bucket[5m])))", "component").await?;
     let mut comps: BTreeMap<String, [Option<f64>; 7]> = BTreeMap::new();
     for (i, set) in [&req, &err, &p99, &cpu, &mem, &pool, &queue]
