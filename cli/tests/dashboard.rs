@@ -571,3 +571,101 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
     }
     b.quit().await;
 }
+
+/// With PROMETHEUS_URL, the golden signals come from a real Prometheus
+/// scraping the same `up` (every component's histograms and saturation),
+/// and the page says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_signals_come_from_prometheus_when_it_is_configured() {
+    let found = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| std::path::Path::new(d).join("prometheus").is_file());
+    assert!(
+        found,
+        "prometheus is not installed: `apt-get install prometheus` (scripts/test.sh does it)"
+    );
+    let dir = std::env::temp_dir().join(format!("shortlink-dash-prom-{}", random_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (prom, edge_metrics, links_http) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+             scrape_configs:\n\
+             - job_name: edge\n  static_configs: [{{ targets: [\"127.0.0.1:{edge_metrics}\"], labels: {{ component: edge }} }}]\n  \
+               metric_relabel_configs: [{{ regex: \"exported_(instance|component)\", action: labeldrop }}]\n\
+             - job_name: links\n  static_configs: [{{ targets: [\"127.0.0.1:{links_http}\"], labels: {{ component: links }} }}]\n  \
+               metric_relabel_configs: [{{ regex: \"exported_(instance|component)\", action: labeldrop }}]\n"
+        ),
+    )
+    .unwrap();
+    let _prom = Proc(
+        std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let edge: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dash: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = std::process::Command::new(support::BIN);
+    cmd.args(["up", "--seed", seed_dir().to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_LEVEL", "warn")
+        .env("SHORTLINK_DATA_DIR", dir.join("data"))
+        .env("LINKS_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("LINKS_HTTP_ADDR", format!("127.0.0.1:{links_http}"))
+        .env("EDGE_HTTP_ADDR", edge.to_string())
+        .env("EDGE_HTTPS_ADDR", "off")
+        .env("EDGE_METRICS_ADDR", format!("127.0.0.1:{edge_metrics}"))
+        .env("ALERTER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("BUS_METRICS_ADDR", "off")
+        .env("DASHBOARD_ADDR", dash.to_string())
+        .env("PROMETHEUS_URL", format!("http://127.0.0.1:{prom}"))
+        .stdout(std::process::Stdio::null());
+    let _up = Proc(cmd.spawn().expect("spawn shortlink up"));
+    let ready = shortlink_testkit::eventually(Duration::from_secs(30), async || {
+        tokio::net::TcpStream::connect(edge).await.is_ok()
+            && tokio::net::TcpStream::connect(dash).await.is_ok()
+    })
+    .await;
+    assert!(ready, "up never listened");
+    // Traffic until Prometheus has two scrapes of it, then the page.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        for _ in 0..20 {
+            http(edge, "GET", "/WqxP6K", &[], b"").await;
+        }
+        let (status, page) = shortlink_testkit::http_get(dash, "/?range=15m").await;
+        assert_eq!(status, 200);
+        // Rates need two scrapes of the traffic.
+        if page.contains(" req/s</td>") && page.contains(" cores</td>") {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never had the edge's traffic:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        page.contains("Source: <strong>Prometheus</strong>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("cores") && page.contains("MiB"),
+        "saturation with units: {page}"
+    );
+    assert!(!page.contains("is unavailable right now"), "{page}");
+}
