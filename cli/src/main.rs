@@ -48,10 +48,22 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Import users, links and events from CSV files (idempotent).
     Import(ImportArgs),
+    /// Supervise a topology: restart what exits or fails its liveness
+    /// check, give up on crash loops, and serve the control API
+    /// (kill, stop, start, restart, pause, resume).
+    Watchdog(shortlink_ops::ha::WatchdogArgs),
+    /// Back up the app database (pg_dump or SQLite VACUUM INTO) on a
+    /// schedule, or once with --once; old backups are pruned.
+    Backup(shortlink_ops::backup::BackupArgs),
+    /// Restore the app database from a backup file after checking its
+    /// checksum; prints the users, links and events restored.
+    Restore(shortlink_ops::backup::RestoreArgs),
     /// Run the whole system in one process: the links service and the edge,
     /// on the embedded default (SQLite, in-process cache) unless
     /// DATABASE_URL / REDIS_URL are set. Edge settings come from their
-    /// EDGE_* (and RATE_LIMIT_*, TLS_*) environment variables.
+    /// EDGE_* (and RATE_LIMIT_*, TLS_*) environment variables. With --ha:
+    /// the distributed topology, every component its own process under
+    /// the watchdog, on PostgreSQL, Redis and Kafka.
     Up(UpArgs),
 }
 
@@ -78,6 +90,8 @@ struct UpArgs {
     /// `off` disables it.
     #[arg(long, env = "BUS_METRICS_ADDR", default_value = "127.0.0.1:9185")]
     bus_metrics_addr: String,
+    #[command(flatten)]
+    ha: shortlink_ops::ha::HaArgs,
 }
 
 /// Edge settings for `up`, read from the environment only.
@@ -88,6 +102,7 @@ struct EdgeFromEnv {
 }
 
 fn main() -> ExitCode {
+    shortlink_runtime::shutdown::exit_with_supervisor();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -121,6 +136,16 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Up(args) if args.ha.ha => runtime.block_on(async {
+            let _telemetry = telemetry::init("watchdog", &cli.telemetry)?;
+            let backends = shortlink_ops::ha::Backends {
+                database_url: args.links.db.database_url.clone(),
+                redis_url: args.links.redis_url.clone(),
+                kafka_brokers: args.links.bus.kafka_brokers.clone(),
+                dashboard_database_url: std::env::var("DASHBOARD_DATABASE_URL").ok(),
+            };
+            shortlink_ops::ha::run_ha(args.ha, backends, args.links.bus, args.seed).await
+        }),
         Command::Up(args) => up(&runtime, &cli.telemetry, args),
         other => runtime.block_on(run(other, &cli.telemetry)),
     };
@@ -148,6 +173,9 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
         Command::Analytics(_) => "analytics",
         Command::Migrate(_) => "migrate",
         Command::Import(_) => "import",
+        Command::Watchdog(_) => "watchdog",
+        Command::Backup(_) => "backup",
+        Command::Restore(_) => "restore",
         Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
     };
     let _telemetry = telemetry::init(service, tel)?;
@@ -210,6 +238,13 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Watchdog(a) => shortlink_ops::ha::run_watchdog(a).await,
+        Command::Backup(a) => {
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            shortlink_ops::backup::run(a, shutdown).await
+        }
+        Command::Restore(a) => shortlink_ops::backup::run_restore(a).await,
         Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
     }
 }
