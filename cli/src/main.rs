@@ -16,6 +16,8 @@ use shortlink_runtime::retry::{Backoff, Verdict, retry};
 use shortlink_runtime::shutdown::Shutdown;
 use shortlink_runtime::telemetry::{self, TelemetryArgs};
 
+mod probe;
+
 /// shortlink: a production-grade URL shortener.
 #[derive(Debug, Parser)]
 #[command(name = "shortlink", version, propagate_version = true)]
@@ -53,6 +55,10 @@ enum Command {
     /// DATABASE_URL / REDIS_URL are set. Edge settings come from their
     /// EDGE_* (and RATE_LIMIT_*, TLS_*) environment variables.
     Up(UpArgs),
+    /// Check one health endpoint once and exit 0 (passes) or 1 (fails, the
+    /// reason on stderr): the container healthcheck. An unreadable target
+    /// exits 64.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +128,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Up(args) => up(&runtime, &cli.telemetry, args),
+        // No telemetry: a healthcheck runs every few seconds and its only
+        // output is its exit code (and a reason on stderr).
+        Command::Probe(args) => match runtime.block_on(probe::run(&args)) {
+            Ok(Ok(())) => return ExitCode::SUCCESS,
+            Ok(Err(reason)) => {
+                eprintln!("shortlink probe {}: unhealthy: {reason}", args.target);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => Err(e.into()),
+        },
         other => runtime.block_on(run(other, &cli.telemetry)),
     };
     match result {
@@ -148,7 +164,9 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
         Command::Analytics(_) => "analytics",
         Command::Migrate(_) => "migrate",
         Command::Import(_) => "import",
-        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
+        Command::Edge(_) | Command::Up(_) | Command::Probe(_) => {
+            unreachable!("handled outside the runtime")
+        }
     };
     let _telemetry = telemetry::init(service, tel)?;
     match command {
@@ -210,7 +228,9 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
+        Command::Edge(_) | Command::Up(_) | Command::Probe(_) => {
+            unreachable!("handled outside the runtime")
+        }
     }
 }
 
