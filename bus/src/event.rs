@@ -173,12 +173,22 @@ impl FromEvent for LogEvent {
     }
 }
 
+impl FromEvent for OpsEvent {
+    fn from_event(e: &Event) -> Option<Self> {
+        match e {
+            Event::Ops(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+}
+
 impl FromEvent for serde_json::Value {
     fn from_event(e: &Event) -> Option<Self> {
         match e {
             Event::Request(r) => serde_json::to_value(r).ok(),
             Event::Link(r) => serde_json::to_value(r).ok(),
             Event::Log(r) => serde_json::to_value(r).ok(),
+            Event::Ops(r) => serde_json::to_value(r).ok(),
         }
     }
 }
