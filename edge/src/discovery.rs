@@ -193,7 +193,10 @@ impl Discovery {
         let fut = self.resolver.lookup_ip(name);
         match tokio::time::timeout(self.cfg.timeout * 2, fut).await {
             Err(_) => Err("timed out".into()),
-            Ok(Err(e)) if e.is_no_records_found() => Ok(BTreeSet::new()),
+            // A real "no such name" or "no address": an empty set. A
+            // SERVFAIL or REFUSED comes back as "no records" too, with its
+            // code, and is an error.
+            Ok(Err(e)) if e.is_no_records_found() && !server_failed(&e) => Ok(BTreeSet::new()),
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(ips)) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
         }
@@ -260,6 +263,19 @@ impl Discovery {
                 tracing::error!(error = %e, "applying the discovered links replicas failed");
             }
         }
+    }
+}
+
+/// True when the answer was an error code of the server (SERVFAIL,
+/// REFUSED...), not an authoritative "no such name" or "no address".
+fn server_failed(e: &hickory_resolver::ResolveError) -> bool {
+    use hickory_resolver::proto::ProtoErrorKind;
+    use hickory_resolver::proto::op::ResponseCode;
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
+            !matches!(response_code, ResponseCode::NoError | ResponseCode::NXDomain)
+        }
+        _ => false,
     }
 }
 
