@@ -56,7 +56,11 @@ impl Target {
         match scheme {
             "http" => Ok(Self::Http {
                 authority: authority.to_owned(),
-                path: if path.is_empty() { "/".into() } else { path.to_owned() },
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.to_owned()
+                },
             }),
             "grpc" => Ok(Self::Grpc {
                 authority: authority.to_owned(),
@@ -101,10 +105,7 @@ async fn http(authority: &str, path: &str) -> Result<(), String> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.contains(&b'\n') && buf.len() < 4096 {
-        let n = s
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             break;
         }

@@ -228,7 +228,11 @@ fn compose_file_passes_docker_compose_config_and_its_invariants() {
             s(&env["LINKS_UPSTREAMS"]).starts_with("dns://links:"),
             "{e} must discover the links replicas by DNS: {env}"
         );
-        assert_eq!(s(&env["REDIS_URL"]), "redis://redis:6379", "{e} shares bans and limits through Redis");
+        assert_eq!(
+            s(&env["REDIS_URL"]),
+            "redis://redis:6379",
+            "{e} shares bans and limits through Redis"
+        );
     }
 
     // Links: scalable (no fixed name, no host port), two or more replicas.
@@ -248,15 +252,26 @@ fn compose_file_passes_docker_compose_config_and_its_invariants() {
             problems.push(format!("{name}: no restart policy"));
         }
         match NO_HEALTHCHECK.iter().find(|(n, _)| n == name) {
-            Some(_) => assert!(svc.get("healthcheck").is_none(), "{name} has one now: drop the exception"),
+            Some(_) => assert!(
+                svc.get("healthcheck").is_none(),
+                "{name} has one now: drop the exception"
+            ),
             None => {
                 let test = &svc["healthcheck"]["test"];
                 if test.is_null() {
                     problems.push(format!("{name}: no healthcheck"));
                 } else if is_shortlink(svc) {
-                    let t: Vec<&str> = test.as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
-                    if !(t.first() == Some(&"CMD") && t.get(1).is_some_and(|b| b.ends_with("/shortlink")) && t.get(2) == Some(&"probe")) {
-                        problems.push(format!("{name}: the healthcheck is not `shortlink probe`: {t:?}"));
+                    let t: Vec<&str> = test
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect())
+                        .unwrap_or_default();
+                    if !(t.first() == Some(&"CMD")
+                        && t.get(1).is_some_and(|b| b.ends_with("/shortlink"))
+                        && t.get(2) == Some(&"probe"))
+                    {
+                        problems.push(format!(
+                            "{name}: the healthcheck is not `shortlink probe`: {t:?}"
+                        ));
                     }
                 }
             }
@@ -286,12 +301,19 @@ fn compose_file_passes_docker_compose_config_and_its_invariants() {
             }
             let public = ip != "127.0.0.1" && ip != "::1";
             if public && !edges.contains(&name) {
-                problems.push(format!("{name} publishes {port} on {ip}: only the edges may"));
+                problems.push(format!(
+                    "{name} publishes {port} on {ip}: only the edges may"
+                ));
             }
         }
         if is_shortlink(svc) {
             let sub = command(svc);
-            for var in svc["environment"].as_object().into_iter().flatten().map(|(k, _)| k) {
+            for var in svc["environment"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+            {
                 env_by_sub
                     .entry(sub.clone())
                     .or_default()
@@ -304,11 +326,19 @@ fn compose_file_passes_docker_compose_config_and_its_invariants() {
 
     // Prometheus scrapes services that exist, on ports they listen on; the
     // Alertmanager webhooks reach a service that exists.
-    let prom = yaml(&std::fs::read_to_string(root().join("observability/prometheus/prometheus.yml")).unwrap());
+    let prom = yaml(
+        &std::fs::read_to_string(root().join("observability/prometheus/prometheus.yml")).unwrap(),
+    );
     for job in prom["scrape_configs"].as_array().unwrap() {
         let mut targets: Vec<String> = Vec::new();
         for sc in job["static_configs"].as_array().into_iter().flatten() {
-            targets.extend(sc["targets"].as_array().unwrap().iter().map(|t| s(t).to_owned()));
+            targets.extend(
+                sc["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| s(t).to_owned()),
+            );
         }
         for sd in job["dns_sd_configs"].as_array().into_iter().flatten() {
             for n in sd["names"].as_array().unwrap() {
@@ -321,7 +351,10 @@ fn compose_file_passes_docker_compose_config_and_its_invariants() {
                 continue;
             }
             let Some(svc) = services.get(host) else {
-                problems.push(format!("Prometheus job {} scrapes {t}: no such service", job["job_name"]));
+                problems.push(format!(
+                    "Prometheus job {} scrapes {t}: no such service",
+                    job["job_name"]
+                ));
                 continue;
             };
             if is_shortlink(svc) {
@@ -331,12 +364,17 @@ fn compose_file_passes_docker_compose_config_and_its_invariants() {
                     .flatten()
                     .any(|(_, v)| s(v) == format!("0.0.0.0:{port}"));
                 if !listens {
-                    problems.push(format!("Prometheus scrapes {t}, but {host} listens on no 0.0.0.0:{port}"));
+                    problems.push(format!(
+                        "Prometheus scrapes {t}, but {host} listens on no 0.0.0.0:{port}"
+                    ));
                 }
             }
         }
     }
-    let am = yaml(&std::fs::read_to_string(root().join("observability/alertmanager/alertmanager.yml")).unwrap());
+    let am = yaml(
+        &std::fs::read_to_string(root().join("observability/alertmanager/alertmanager.yml"))
+            .unwrap(),
+    );
     for r in am["receivers"].as_array().unwrap() {
         for w in r["webhook_configs"].as_array().into_iter().flatten() {
             let url = s(&w["url"]);
@@ -353,27 +391,46 @@ fn compose_file_passes_docker_compose_config_and_its_invariants() {
     let example = std::fs::read_to_string(root().join(".env.example")).unwrap();
     for line in raw.lines() {
         let l = line.trim();
-        let secretish = ["TOKEN:", "PASSWORD:", "WEBHOOK_URLS:"].iter().any(|k| l.contains(k));
+        let secretish = ["TOKEN:", "PASSWORD:", "WEBHOOK_URLS:"]
+            .iter()
+            .any(|k| l.contains(k));
         if secretish && !l.contains("${") {
             problems.push(format!("a secret written into compose.yaml: {l}"));
         }
         for part in l.split("${").skip(1) {
-            let var: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            if part[var.len()..].starts_with(":?") && !example.lines().any(|e| e.starts_with(&format!("{var}="))) {
-                problems.push(format!("{var} is required by compose.yaml but not in .env.example"));
+            let var: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if part[var.len()..].starts_with(":?")
+                && !example.lines().any(|e| e.starts_with(&format!("{var}=")))
+            {
+                problems.push(format!(
+                    "{var} is required by compose.yaml but not in .env.example"
+                ));
             }
         }
     }
     let ignored = std::fs::read_to_string(root().join(".gitignore")).unwrap();
-    assert!(ignored.lines().any(|l| l.trim() == ".env"), ".env must be ignored by git");
+    assert!(
+        ignored.lines().any(|l| l.trim() == ".env"),
+        ".env must be ignored by git"
+    );
 
     // The optional TLS override validates too.
     let tls = compose_config(&["compose.yaml", "deploy/compose.tls.yaml"]);
     for e in &edges {
-        assert!(!s(&tls["services"][e.as_str()]["environment"]["TLS_CERT"]).is_empty(), "{e}");
+        assert!(
+            !s(&tls["services"][e.as_str()]["environment"]["TLS_CERT"]).is_empty(),
+            "{e}"
+        );
     }
 
-    assert!(problems.is_empty(), "compose.yaml:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "compose.yaml:\n  {}",
+        problems.join("\n  ")
+    );
     let undocumented = undocumented(&env_by_sub);
     assert!(
         undocumented.is_empty(),
@@ -402,21 +459,30 @@ fn dockerfile_lints_clean_and_keeps_its_invariants() {
     assert!(froms.len() >= 2, "multi-stage: {froms:?}");
     for f in froms {
         let image = match f.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
-            Some(arg) => args.get(arg).copied().unwrap_or_else(|| panic!("FROM {f}: no default")),
+            Some(arg) => args
+                .get(arg)
+                .copied()
+                .unwrap_or_else(|| panic!("FROM {f}: no default")),
             None => f,
         };
         let pinned = image.contains("@sha256:")
-            || image
-                .rsplit_once(':')
-                .is_some_and(|(_, tag)| tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()) && tag.contains('.'));
-        assert!(pinned, "base image {image} is not pinned to an exact tag or digest");
+            || image.rsplit_once(':').is_some_and(|(_, tag)| {
+                tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()) && tag.contains('.')
+            });
+        assert!(
+            pinned,
+            "base image {image} is not pinned to an exact tag or digest"
+        );
     }
     let user = text
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("a USER");
-    assert!(!user.starts_with("root") && !user.starts_with('0'), "USER {user}");
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "USER {user}"
+    );
     assert!(
         text.contains("HEALTHCHECK") && text.contains("\"probe\""),
         "HEALTHCHECK via shortlink probe"
@@ -427,7 +493,10 @@ fn dockerfile_lints_clean_and_keeps_its_invariants() {
     assert!(text.contains("--mount=type=cache"), "dependency cache");
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
     for must in ["**/target", "**/.env"] {
-        assert!(ignore.lines().any(|l| l.trim() == must), ".dockerignore lacks {must}");
+        assert!(
+            ignore.lines().any(|l| l.trim() == must),
+            ".dockerignore lacks {must}"
+        );
     }
 }
 
@@ -447,7 +516,11 @@ fn containers(obj: &Value) -> Vec<&Value> {
     } else {
         &obj["spec"]["template"]["spec"]
     };
-    spec["containers"].as_array().into_iter().flatten().collect()
+    spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 #[test]
@@ -484,7 +557,10 @@ fn k8s_overlays_render_and_every_object_validates_against_pinned_kubernetes() {
         assert!(edge["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_object());
         find("PodDisruptionBudget", "edge");
         let svc = find("Service", "edge");
-        assert!(matches!(s(&svc["spec"]["type"]), "LoadBalancer" | "NodePort"), "{overlay}");
+        assert!(
+            matches!(s(&svc["spec"]["type"]), "LoadBalancer" | "NodePort"),
+            "{overlay}"
+        );
         // Edges find links pods through the headless Service.
         let upstreams = containers(edge)[0]["env"]
             .as_array()
@@ -493,29 +569,54 @@ fn k8s_overlays_render_and_every_object_validates_against_pinned_kubernetes() {
             .find(|e| e["name"] == "LINKS_UPSTREAMS")
             .map(|e| s(&e["value"]).to_owned())
             .unwrap();
-        let host = upstreams.trim_start_matches("dns://").split(':').next().unwrap();
-        assert_eq!(find("Service", host)["spec"]["clusterIP"], "None", "{overlay}: {upstreams}");
+        let host = upstreams
+            .trim_start_matches("dns://")
+            .split(':')
+            .next()
+            .unwrap();
+        assert_eq!(
+            find("Service", host)["spec"]["clusterIP"],
+            "None",
+            "{overlay}: {upstreams}"
+        );
         // Links: HPA on CPU, native gRPC probes.
         let hpa = find("HorizontalPodAutoscaler", "links");
         assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
         let links = containers(find("Deployment", "links"))[0];
         for probe in ["livenessProbe", "readinessProbe"] {
-            assert!(links[probe]["grpc"]["port"].is_number(), "{overlay}: links {probe}");
+            assert!(
+                links[probe]["grpc"]["port"].is_number(),
+                "{overlay}: links {probe}"
+            );
         }
         // Backups daily, seven days kept.
         let backup = containers(find("CronJob", "backup"))[0];
         assert!(
-            backup["env"].as_array().unwrap().iter().any(|e| e["name"] == "BACKUP_KEEP_DAYS" && e["value"] == "7"),
+            backup["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "BACKUP_KEEP_DAYS" && e["value"] == "7"),
             "{overlay}: {backup}"
         );
         // Network policies: default deny, links only from the edges.
         find("NetworkPolicy", "default-deny-ingress");
         let lp = find("NetworkPolicy", "links-from-edges");
-        assert!(lp["spec"]["ingress"][0]["from"].to_string().contains("\"edge\""));
+        assert!(
+            lp["spec"]["ingress"][0]["from"]
+                .to_string()
+                .contains("\"edge\"")
+        );
         // ConfigMaps from observability/.
-        for prefix in ["shortlink-prometheus-rules", "shortlink-alertmanager", "shortlink-grafana-dashboards"] {
+        for prefix in [
+            "shortlink-prometheus-rules",
+            "shortlink-alertmanager",
+            "shortlink-grafana-dashboards",
+        ] {
             assert!(
-                objs.iter().any(|o| o["kind"] == "ConfigMap" && s(&o["metadata"]["name"]).starts_with(prefix)),
+                objs.iter()
+                    .any(|o| o["kind"] == "ConfigMap"
+                        && s(&o["metadata"]["name"]).starts_with(prefix)),
                 "{overlay}: no {prefix}"
             );
         }
@@ -597,16 +698,29 @@ async fn probe_passes_a_healthy_process_and_fails_a_down_hung_or_unknown_one() {
     ok(o);
 
     failed(probe(&[&format!("http://{http}/nothere")]), "404");
-    failed(probe(&[&format!("grpc://{grpc}/no.such.Service")]), "NotFound");
+    failed(
+        probe(&[&format!("grpc://{grpc}/no.such.Service")]),
+        "NotFound",
+    );
     let closed = free_port();
-    failed(probe(&[&format!("http://127.0.0.1:{closed}/live")]), "connect");
+    failed(
+        probe(&[&format!("http://127.0.0.1:{closed}/live")]),
+        "connect",
+    );
     failed(probe(&[&format!("grpc://127.0.0.1:{closed}")]), "connect");
     // Not a target: a configuration error (64), which a healthcheck counts
     // as failing too.
-    for bad in ["127.0.0.1:1", "https://127.0.0.1:8443/live", "http://host/live"] {
+    for bad in [
+        "127.0.0.1:1",
+        "https://127.0.0.1:8443/live",
+        "http://host/live",
+    ] {
         let o = probe(&[bad]);
         assert_eq!(code(&o), 64, "{bad}: {o:?}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("probe target"), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("probe target"),
+            "{o:?}"
+        );
     }
 
     // A hung process (SIGSTOP: accepts connections in the kernel, answers
@@ -617,8 +731,15 @@ async fn probe_passes_a_healthy_process_and_fails_a_down_hung_or_unknown_one() {
         probe(&["--timeout-ms", "500", &format!("http://{http}/live")]),
         "no answer within 500 ms",
     );
-    failed(probe(&["--timeout-ms", "500", &format!("grpc://{grpc}")]), "no answer");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    failed(
+        probe(&["--timeout-ms", "500", &format!("grpc://{grpc}")]),
+        "no answer",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     r.proc.signal("CONT");
     ok(probe(&[&format!("http://{http}/live")]));
 }

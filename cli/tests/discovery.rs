@@ -23,7 +23,10 @@ type Answer = Arc<Mutex<Option<BTreeSet<Ipv4Addr>>>>;
 /// A DNS server on 127.0.0.1 (UDP) answering A queries for `name` with the
 /// current `Answer` (TTL 600 s, like Docker's embedded DNS, which the edge
 /// must not honour), AAAA with no records, anything else NXDOMAIN.
-async fn dns_server(name: &'static str, answer: Answer) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+async fn dns_server(
+    name: &'static str,
+    answer: Answer,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -107,7 +110,12 @@ fn series(body: &str, name: &str, ip: Ipv4Addr, port: u16) -> Option<f64> {
 }
 
 async fn selections(edge: &EdgeProc, ip: Ipv4Addr, port: u16) -> Option<f64> {
-    series(&metrics(edge).await, "shortlink_upstream_selections_total", ip, port)
+    series(
+        &metrics(edge).await,
+        "shortlink_upstream_selections_total",
+        ip,
+        port,
+    )
 }
 
 #[tokio::test]
@@ -140,7 +148,10 @@ async fn dns_discovery_adds_and_removes_replicas_under_load_without_a_failed_req
     .await;
     let (_, code) = user_and_link(edge.http, "dnsuser").await;
     assert!(selections(&edge, ips[0], port).await.is_some());
-    assert!(selections(&edge, ips[1], port).await.is_none(), "not yet discovered");
+    assert!(
+        selections(&edge, ips[1], port).await.is_none(),
+        "not yet discovered"
+    );
 
     let load = Load::start(edge.http, &code, 8, 60, usize::MAX);
     let limit = Duration::from_secs(15);
@@ -148,13 +159,21 @@ async fn dns_discovery_adds_and_removes_replicas_under_load_without_a_failed_req
     // Scale up: 1 -> 2 -> 3 replicas, each taking traffic once resolved.
     set(&answer, &ips[..2]);
     assert!(
-        eventually(limit, async || selections(&edge, ips[1], port).await.unwrap_or(0.0) > 20.0).await,
+        eventually(limit, async || selections(&edge, ips[1], port)
+            .await
+            .unwrap_or(0.0)
+            > 20.0)
+        .await,
         "the second replica never took traffic"
     );
     let first_before = selections(&edge, ips[0], port).await.unwrap();
     set(&answer, &ips[..3]);
     assert!(
-        eventually(limit, async || selections(&edge, ips[2], port).await.unwrap_or(0.0) > 20.0).await,
+        eventually(limit, async || selections(&edge, ips[2], port)
+            .await
+            .unwrap_or(0.0)
+            > 20.0)
+        .await,
         "the third replica never took traffic"
     );
     // The replica that stayed kept its state (its counter went on, it was
@@ -176,13 +195,19 @@ async fn dns_discovery_adds_and_removes_replicas_under_load_without_a_failed_req
     }
     for result in ["error", "empty"] {
         let needle = format!("shortlink_upstream_discovery_lookups_total{{result=\"{result}\"");
-        assert!(m.lines().any(|l| l.starts_with(&needle)), "no {result} lookups counted: {m}");
+        assert!(
+            m.lines().any(|l| l.starts_with(&needle)),
+            "no {result} lookups counted: {m}"
+        );
     }
 
     // Scale down the way orchestrators do: out of DNS first, then stopped.
     set(&answer, &ips[1..3]);
     assert!(
-        eventually(limit, async || selections(&edge, ips[0], port).await.is_none()).await,
+        eventually(limit, async || selections(&edge, ips[0], port)
+            .await
+            .is_none())
+        .await,
         "the removed replica's series stayed"
     );
     let mut gone = procs[0].take().unwrap();
@@ -196,7 +221,10 @@ async fn dns_discovery_adds_and_removes_replicas_under_load_without_a_failed_req
     tokio::time::sleep(Duration::from_millis(500)).await;
     set(&answer, &ips[2..3]);
     assert!(
-        eventually(limit, async || selections(&edge, ips[1], port).await.is_none()).await,
+        eventually(limit, async || selections(&edge, ips[1], port)
+            .await
+            .is_none())
+        .await,
         "the crashed replica stayed in the set"
     );
     let last_before = selections(&edge, ips[2], port).await.unwrap();

@@ -272,9 +272,10 @@ fn server_failed(e: &hickory_resolver::ResolveError) -> bool {
     use hickory_resolver::proto::ProtoErrorKind;
     use hickory_resolver::proto::op::ResponseCode;
     match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
-            !matches!(response_code, ResponseCode::NoError | ResponseCode::NXDomain)
-        }
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => !matches!(
+            response_code,
+            ResponseCode::NoError | ResponseCode::NXDomain
+        ),
         _ => false,
     }
 }

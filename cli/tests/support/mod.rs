@@ -386,8 +386,7 @@ impl Load {
 
     /// Stops the clients after their current request: (failed, total).
     pub async fn finish_now(self) -> (u64, u64) {
-        self.stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.finish().await
     }
 
