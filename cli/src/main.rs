@@ -16,6 +16,8 @@ use shortlink_runtime::retry::{Backoff, Verdict, retry};
 use shortlink_runtime::shutdown::Shutdown;
 use shortlink_runtime::telemetry::{self, TelemetryArgs};
 
+mod probe;
+
 /// shortlink: a production-grade URL shortener.
 #[derive(Debug, Parser)]
 #[command(name = "shortlink", version, propagate_version = true)]
@@ -65,6 +67,10 @@ enum Command {
     /// the distributed topology, every component its own process under
     /// the watchdog, on PostgreSQL, Redis and Kafka.
     Up(UpArgs),
+    /// Check one health endpoint once and exit 0 (passes) or 1 (fails, the
+    /// reason on stderr): the container healthcheck. An unreadable target
+    /// exits 64.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +153,16 @@ fn main() -> ExitCode {
             shortlink_ops::ha::run_ha(args.ha, backends, args.links.bus, args.seed).await
         }),
         Command::Up(args) => up(&runtime, &cli.telemetry, args),
+        // No telemetry: a healthcheck runs every few seconds and its only
+        // output is its exit code (and a reason on stderr).
+        Command::Probe(args) => match runtime.block_on(probe::run(&args)) {
+            Ok(Ok(())) => return ExitCode::SUCCESS,
+            Ok(Err(reason)) => {
+                eprintln!("shortlink probe {}: unhealthy: {reason}", args.target);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => Err(e.into()),
+        },
         other => runtime.block_on(run(other, &cli.telemetry)),
     };
     match result {
@@ -176,7 +192,9 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
         Command::Watchdog(_) => "watchdog",
         Command::Backup(_) => "backup",
         Command::Restore(_) => "restore",
-        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
+        Command::Edge(_) | Command::Up(_) | Command::Probe(_) => {
+            unreachable!("handled outside the runtime")
+        }
     };
     let _telemetry = telemetry::init(service, tel)?;
     match command {
@@ -245,7 +263,9 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             shortlink_ops::backup::run(a, shutdown).await
         }
         Command::Restore(a) => shortlink_ops::backup::run_restore(a).await,
-        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
+        Command::Edge(_) | Command::Up(_) | Command::Probe(_) => {
+            unreachable!("handled outside the runtime")
+        }
     }
 }
 
