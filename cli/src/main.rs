@@ -16,6 +16,8 @@ use shortlink_runtime::retry::{Backoff, Verdict, retry};
 use shortlink_runtime::shutdown::Shutdown;
 use shortlink_runtime::telemetry::{self, TelemetryArgs};
 
+mod probe;
+
 /// shortlink: a production-grade URL shortener.
 #[derive(Debug, Parser)]
 #[command(name = "shortlink", version, propagate_version = true)]
@@ -51,11 +53,27 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Import users, links and events from CSV files (idempotent).
     Import(ImportArgs),
+    /// Supervise a topology: restart what exits or fails its liveness
+    /// check, give up on crash loops, and serve the control API
+    /// (kill, stop, start, restart, pause, resume).
+    Watchdog(shortlink_ops::ha::WatchdogArgs),
+    /// Back up the app database (pg_dump or SQLite VACUUM INTO) on a
+    /// schedule, or once with --once; old backups are pruned.
+    Backup(shortlink_ops::backup::BackupArgs),
+    /// Restore the app database from a backup file after checking its
+    /// checksum; prints the users, links and events restored.
+    Restore(shortlink_ops::backup::RestoreArgs),
     /// Run the whole system in one process: the links service and the edge,
     /// on the embedded default (SQLite, in-process cache) unless
     /// DATABASE_URL / REDIS_URL are set. Edge settings come from their
-    /// EDGE_* (and RATE_LIMIT_*, TLS_*) environment variables.
+    /// EDGE_* (and RATE_LIMIT_*, TLS_*) environment variables. With --ha:
+    /// the distributed topology, every component its own process under
+    /// the watchdog, on PostgreSQL, Redis and Kafka.
     Up(UpArgs),
+    /// Check one health endpoint once and exit 0 (passes) or 1 (fails, the
+    /// reason on stderr): the container healthcheck. An unreadable target
+    /// exits 64.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +99,8 @@ struct UpArgs {
     /// `off` disables it.
     #[arg(long, env = "BUS_METRICS_ADDR", default_value = "127.0.0.1:9185")]
     bus_metrics_addr: String,
+    #[command(flatten)]
+    ha: shortlink_ops::ha::HaArgs,
 }
 
 /// Edge settings for `up`, read from the environment only.
@@ -91,6 +111,7 @@ struct EdgeFromEnv {
 }
 
 fn main() -> ExitCode {
+    shortlink_runtime::shutdown::exit_with_supervisor();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -124,7 +145,27 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Up(args) if args.ha.ha => runtime.block_on(async {
+            let _telemetry = telemetry::init("watchdog", &cli.telemetry)?;
+            let backends = shortlink_ops::ha::Backends {
+                database_url: args.links.db.database_url.clone(),
+                redis_url: args.links.redis_url.clone(),
+                kafka_brokers: args.links.bus.kafka_brokers.clone(),
+                dashboard_database_url: std::env::var("DASHBOARD_DATABASE_URL").ok(),
+            };
+            shortlink_ops::ha::run_ha(args.ha, backends, args.links.bus, args.seed).await
+        }),
         Command::Up(args) => up(&runtime, &cli.telemetry, args),
+        // No telemetry: a healthcheck runs every few seconds and its only
+        // output is its exit code (and a reason on stderr).
+        Command::Probe(args) => match runtime.block_on(probe::run(&args)) {
+            Ok(Ok(())) => return ExitCode::SUCCESS,
+            Ok(Err(reason)) => {
+                eprintln!("shortlink probe {}: unhealthy: {reason}", args.target);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => Err(e.into()),
+        },
         other => runtime.block_on(run(other, &cli.telemetry)),
     };
     match result {
@@ -152,7 +193,12 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
         Command::Dashboard(_) => "dashboard",
         Command::Migrate(_) => "migrate",
         Command::Import(_) => "import",
-        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
+        Command::Watchdog(_) => "watchdog",
+        Command::Backup(_) => "backup",
+        Command::Restore(_) => "restore",
+        Command::Edge(_) | Command::Up(_) | Command::Probe(_) => {
+            unreachable!("handled outside the runtime")
+        }
     };
     let _telemetry = telemetry::init(service, tel)?;
     match command {
@@ -223,7 +269,16 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Edge(_) | Command::Up(_) => unreachable!("handled outside the runtime"),
+        Command::Watchdog(a) => shortlink_ops::ha::run_watchdog(a).await,
+        Command::Backup(a) => {
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            shortlink_ops::backup::run(a, shutdown).await
+        }
+        Command::Restore(a) => shortlink_ops::backup::run_restore(a).await,
+        Command::Edge(_) | Command::Up(_) | Command::Probe(_) => {
+            unreachable!("handled outside the runtime")
+        }
     }
 }
 

@@ -70,10 +70,23 @@ pub fn run_with_bus(
     let (upstreams, guard) = rt.block_on(async {
         shortlink_bus::keep_topics(bus.clone(), topics.all(), shutdown.clone());
         shortlink_bus::publish_logs_to(bus.clone(), topics.logs.clone(), "edge", &edge_id);
-        let upstreams = Upstreams::new(&cfg.upstreams, cfg.balance(), &registry)?;
+        let specs = crate::discovery::parse_specs(&cfg.upstreams).map_err(anyhow::Error::msg)?;
+        let upstreams = Upstreams::new(
+            &crate::discovery::static_addrs(&specs),
+            cfg.balance(),
+            &registry,
+        )?;
         // One round of checks before listening, so that replicas that are up
         // take traffic from the first request (matters after an upgrade).
         upstreams.check_all().await;
+        if let Some(discovery) =
+            crate::discovery::Discovery::new(specs, cfg.discovery(), &registry)?
+        {
+            // The first lookup before listening too; a failure leaves the
+            // set to the next round (the edge is not ready until then).
+            discovery.refresh(&upstreams).await?;
+            tokio::spawn(discovery.run(upstreams.clone(), shutdown.clone()));
+        }
         tokio::spawn(upstreams.clone().run_health_checks(shutdown.clone()));
         let store = AbuseStore::new(StoreOptions {
             redis_url: cfg.redis_url.as_deref(),

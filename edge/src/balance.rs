@@ -6,11 +6,21 @@
 //! A replica starts out of rotation and joins after its first passing
 //! check. A connection failure takes it out at once; the next passing
 //! check brings it back.
+//!
+//! The set of replicas can change while the edge runs (DNS discovery,
+//! `discovery.rs`): it is one immutable list behind an `ArcSwap`, replaced
+//! whole by [`Upstreams::set_addrs`]. A request takes one snapshot (an
+//! atomic reference count, no lock, no allocation) and keeps it for its
+//! retries, so a replica removed mid-call finishes that call on its own
+//! channel; replicas whose address stays keep their health state and
+//! counters.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use shortlink_runtime::metrics::Metrics;
@@ -40,7 +50,9 @@ pub struct BalanceConfig {
 /// One links replica.
 #[derive(Debug)]
 pub struct Replica {
-    /// `host:port` as configured; also the metric label (bounded by config).
+    /// `host:port` as configured, or `ip:port` as discovered; also the
+    /// metric label (bounded by the replicas there are: a removed replica's
+    /// series are removed with it).
     pub addr: String,
     channel: Channel,
     in_flight: AtomicUsize,
@@ -106,9 +118,36 @@ struct BalanceMetrics {
     failures: IntCounterVec,
 }
 
+const FAILURE_KINDS: [&str; 3] = ["connection", "timeout", "health_check"];
+
+impl BalanceMetrics {
+    fn add_series(&self, addr: &str) {
+        self.healthy.with_label_values(&[addr]).set(0);
+        self.in_flight.with_label_values(&[addr]).set(0);
+    }
+
+    /// A removed replica's series go with it, so that discovered addresses
+    /// (pod IPs change on every rollout) do not pile up. A call still in
+    /// flight holds its own handle on the gauge and decrements that.
+    fn remove_series(&self, addr: &str) {
+        let _ = self.healthy.remove_label_values(&[addr]);
+        let _ = self.in_flight.remove_label_values(&[addr]);
+        let _ = self.selections.remove_label_values(&[addr]);
+        for kind in FAILURE_KINDS {
+            let _ = self.failures.remove_label_values(&[addr, kind]);
+        }
+    }
+}
+
+/// The current list of replicas, replaced whole when it changes.
+pub type ReplicaSet = Arc<Vec<Arc<Replica>>>;
+
 /// The replica set. Cheap to share (`Arc`).
 pub struct Upstreams {
-    replicas: Vec<Arc<Replica>>,
+    replicas: ArcSwap<Vec<Arc<Replica>>>,
+    /// Serialises `set_addrs`, so that a diff and its swap never interleave
+    /// with another.
+    updating: tokio::sync::Mutex<()>,
     cfg: BalanceConfig,
     rotate: AtomicUsize,
     metrics: BalanceMetrics,
@@ -117,7 +156,7 @@ pub struct Upstreams {
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams")
-            .field("replicas", &self.replicas)
+            .field("replicas", &self.replicas.load())
             .finish()
     }
 }
@@ -163,32 +202,17 @@ fn is_connect_failure(s: &tonic::Status) -> bool {
 
 impl Upstreams {
     /// Creates lazily connected channels. Must run inside the tokio runtime
-    /// that will drive them (the edge's client runtime).
+    /// that will drive them (the edge's client runtime). `addrs` may be
+    /// empty when discovery will fill the set.
     pub fn new(
         addrs: &[String],
         cfg: BalanceConfig,
         metrics: &Metrics,
     ) -> anyhow::Result<Arc<Self>> {
-        anyhow::ensure!(!addrs.is_empty(), "at least one links upstream is required");
-        let mut replicas = Vec::new();
-        for a in addrs {
-            let endpoint = Endpoint::from_shared(format!("http://{a}"))
-                .map_err(|e| anyhow::anyhow!("bad upstream address {a:?}: {e}"))?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(cfg.call_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true);
-            replicas.push(Arc::new(Replica {
-                addr: a.clone(),
-                channel: endpoint.connect_lazy(),
-                in_flight: AtomicUsize::new(0),
-                healthy: AtomicBool::new(false),
-                ok_streak: AtomicU32::new(0),
-                fail_streak: AtomicU32::new(0),
-            }));
-        }
+        let replicas = addrs
+            .iter()
+            .map(|a| Self::replica(a, &cfg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let m = BalanceMetrics {
             in_flight: metrics.register(
                 IntGaugeVec::new(Opts::new("upstream_in_flight", "Calls in flight per links replica."), &["replica"])
@@ -220,15 +244,80 @@ impl Upstreams {
             ),
         };
         for r in &replicas {
-            m.healthy.with_label_values(&[&r.addr]).set(0);
-            m.in_flight.with_label_values(&[&r.addr]).set(0);
+            m.add_series(&r.addr);
         }
         Ok(Arc::new(Self {
-            replicas,
+            replicas: ArcSwap::from_pointee(replicas),
+            updating: tokio::sync::Mutex::new(()),
             cfg,
             rotate: AtomicUsize::new(0),
             metrics: m,
         }))
+    }
+
+    fn replica(addr: &str, cfg: &BalanceConfig) -> anyhow::Result<Arc<Replica>> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| anyhow::anyhow!("bad upstream address {addr:?}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(cfg.call_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        Ok(Arc::new(Replica {
+            addr: addr.to_owned(),
+            channel: endpoint.connect_lazy(),
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(false),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+        }))
+    }
+
+    /// Makes `addrs` the replica set: replicas whose address stays are kept
+    /// as they are (health, streaks, connection); new ones are checked once
+    /// before they are published, so a healthy newcomer takes traffic at
+    /// once; removed ones leave the set in the same swap and finish the
+    /// calls they carry. Returns (added, removed).
+    pub async fn set_addrs(&self, addrs: &[String]) -> anyhow::Result<(usize, usize)> {
+        let _one_at_a_time = self.updating.lock().await;
+        let current = self.replicas.load_full();
+        let mut next: Vec<Arc<Replica>> = Vec::with_capacity(addrs.len());
+        let mut added = Vec::new();
+        for a in addrs {
+            if next.iter().any(|r| &r.addr == a) {
+                continue;
+            }
+            match current.iter().find(|r| &r.addr == a) {
+                Some(r) => next.push(r.clone()),
+                None => {
+                    let r = Self::replica(a, &self.cfg)?;
+                    added.push(r.clone());
+                    next.push(r);
+                }
+            }
+        }
+        let removed: Vec<Arc<Replica>> = current
+            .iter()
+            .filter(|r| !next.iter().any(|n| n.addr == r.addr))
+            .cloned()
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return Ok((0, 0));
+        }
+        for r in &added {
+            self.metrics.add_series(&r.addr);
+        }
+        futures::future::join_all(added.iter().map(|r| self.check(r))).await;
+        self.replicas.store(Arc::new(next));
+        for r in &added {
+            tracing::info!(replica = %r.addr, healthy = r.is_healthy(), "links replica discovered");
+        }
+        for r in &removed {
+            tracing::info!(replica = %r.addr, in_flight = r.in_flight(), "links replica removed");
+            self.metrics.remove_series(&r.addr);
+        }
+        Ok((added.len(), removed.len()))
     }
 
     /// Bound on one upstream call (also sent as the call's `grpc-timeout`
@@ -237,25 +326,34 @@ impl Upstreams {
         self.cfg.call_timeout
     }
 
-    /// The replicas, for health reporting.
-    pub fn replicas(&self) -> &[Arc<Replica>] {
-        &self.replicas
+    /// The replicas now (a snapshot: the set may change after).
+    pub fn replicas(&self) -> ReplicaSet {
+        self.replicas.load_full()
+    }
+
+    /// (healthy, total) replicas right now, from one snapshot.
+    pub fn counts(&self) -> (usize, usize) {
+        let set = self.replicas.load();
+        (set.iter().filter(|r| r.is_healthy()).count(), set.len())
     }
 
     /// Healthy replicas right now.
     pub fn healthy_count(&self) -> usize {
-        self.replicas.iter().filter(|r| r.is_healthy()).count()
+        self.counts().0
     }
 
-    /// Least in-flight among healthy replicas not yet tried; ties go to the
-    /// next one in rotation, so equal replicas share the load.
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let n = self.replicas.len();
+    /// Least in-flight among healthy replicas of `set` not yet tried; ties
+    /// go to the next one in rotation, so equal replicas share the load.
+    fn pick(&self, set: &[Arc<Replica>], tried: &[usize]) -> Option<usize> {
+        let n = set.len();
+        if n == 0 {
+            return None;
+        }
         let start = self.rotate.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, usize)> = None;
         for k in 0..n {
             let i = (start + k) % n;
-            let r = &self.replicas[i];
+            let r = &set[i];
             if tried.contains(&i) || !r.is_healthy() {
                 continue;
             }
@@ -292,12 +390,17 @@ impl Upstreams {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        // One snapshot for the call and its retries: indexes stay valid and
+        // a replica removed meanwhile still finishes what it carries.
+        let set = self.replicas.load_full();
         let mut tried = Vec::new();
         let mut last: Option<tonic::Status> = None;
         while tried.len() <= self.cfg.retries {
-            let Some(i) = self.pick(&tried) else { break };
+            let Some(i) = self.pick(&set, &tried) else {
+                break;
+            };
             tried.push(i);
-            let r = self.replicas[i].clone();
+            let r = set[i].clone();
             self.metrics.selections.with_label_values(&[&r.addr]).inc();
             let in_flight = InFlight::enter(&r, &self.metrics.in_flight);
             let res = f(r.channel.clone()).await;
@@ -331,7 +434,8 @@ impl Upstreams {
 
     /// Checks every replica once.
     pub async fn check_all(&self) {
-        let checks = self.replicas.iter().map(|r| self.check(r));
+        let set = self.replicas.load_full();
+        let checks = set.iter().map(|r| self.check(r));
         futures::future::join_all(checks).await;
     }
 

@@ -28,7 +28,10 @@ pub struct EdgeConfig {
     #[arg(long, env = "EDGE_ID")]
     pub edge_id: Option<String>,
 
-    /// Links replicas, comma-separated host:port list.
+    /// Links replicas, comma-separated: host:port (fixed) or
+    /// dns://name:port (every address the name resolves to, re-resolved
+    /// every EDGE_DNS_INTERVAL_MS: compose's service name, a Kubernetes
+    /// headless Service).
     #[arg(
         long,
         env = "LINKS_UPSTREAMS",
@@ -36,6 +39,14 @@ pub struct EdgeConfig {
         default_value = "127.0.0.1:50061"
     )]
     pub upstreams: Vec<String>,
+    /// Time between two resolutions of the dns:// upstreams, in
+    /// milliseconds (200 to 600000).
+    #[arg(long, env = "EDGE_DNS_INTERVAL_MS", default_value_t = 5000)]
+    pub dns_interval_ms: u64,
+    /// Name server (ip:port) for the dns:// upstreams instead of the
+    /// system's /etc/resolv.conf.
+    #[arg(long, env = "EDGE_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
     /// Active health check interval, in milliseconds.
     #[arg(long, env = "EDGE_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     pub health_interval_ms: u64,
@@ -253,15 +264,15 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.upstreams.iter().all(|u| u.trim().is_empty()) {
             return Err(ConfigError::new(
-                "LINKS_UPSTREAMS must name at least one host:port",
+                "LINKS_UPSTREAMS must name at least one host:port or dns://name:port",
             ));
         }
-        for u in &self.upstreams {
-            if u.parse::<SocketAddr>().is_err() && !u.contains(':') {
-                return Err(ConfigError::new(format!(
-                    "LINKS_UPSTREAMS entry {u:?} is not host:port"
-                )));
-            }
+        crate::discovery::parse_specs(&self.upstreams)
+            .map_err(|e| ConfigError::new(format!("LINKS_UPSTREAMS: {e}")))?;
+        if !(200..=600_000).contains(&self.dns_interval_ms) {
+            return Err(ConfigError::new(
+                "EDGE_DNS_INTERVAL_MS must be between 200 and 600000",
+            ));
         }
         self.default_limits().validate().map_err(|e| {
             ConfigError::new(format!(
@@ -351,6 +362,15 @@ impl EdgeConfig {
             exempt: self.trusted_proxies.clone(),
             h2_max_streams: self.h2_max_concurrent_streams,
             h2_max_header_list: self.h2_max_header_list_bytes,
+        }
+    }
+
+    /// DNS discovery of the `dns://` upstreams.
+    pub fn discovery(&self) -> crate::discovery::DiscoveryConfig {
+        crate::discovery::DiscoveryConfig {
+            interval: Duration::from_millis(self.dns_interval_ms),
+            server: self.dns_server,
+            timeout: Duration::from_millis((self.dns_interval_ms / 2).clamp(100, 2000)),
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! One module per concern: `api` (routing and transcoding), `balance`
 //! (least in-flight selection, health checks, ejection, retries),
+//! `discovery` (`dns://` upstreams re-resolved into the replica set),
 //! `identity` (who a request comes from: peer and `X-Forwarded-For`),
 //! `resolve_cache` (the redirect path's own cache of resolutions), `front`
 //! (the public front page at `/`), `limits`
@@ -15,6 +16,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod conn;
+pub mod discovery;
 pub mod front;
 pub mod identity;
 pub mod limits;

@@ -127,8 +127,7 @@ impl Edge {
     /// `/metrics` and in logs); `/metrics` is answered only to clients in
     /// `METRICS_ALLOW` (the metrics port serves everyone it can reach).
     fn local(&self, l: Local, client: Option<Client>) -> Reply {
-        let healthy = self.upstreams.healthy_count();
-        let total = self.upstreams.replicas().len();
+        let (healthy, total) = self.upstreams.counts();
         match l {
             Local::Live => Reply::json(200, json!({"status": "alive"})),
             Local::Ready if healthy > 0 => Reply::json(200, json!({"status": "ready"})),

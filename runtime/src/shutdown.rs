@@ -119,3 +119,36 @@ mod tests {
         s.wait().await;
     }
 }
+
+/// Under a supervisor (`shortlink up --ha` sets `SHORTLINK_SUPERVISOR_PID`
+/// in each child's environment): when the supervisor dies, even by
+/// SIGKILL, this process gets SIGTERM, stops gracefully like on any other
+/// SIGTERM, and exits after 30 s at the latest. The children run in their
+/// own process groups (so that a Ctrl-C reaches only the supervisor,
+/// which stops them in order); this is what keeps a killed supervisor from
+/// leaving orphans behind. Does nothing without the variable.
+pub fn exit_with_supervisor() {
+    let Some(supervisor) = std::env::var("SHORTLINK_SUPERVISOR_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("supervisor-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if std::os::unix::process::parent_id() != supervisor {
+                    break;
+                }
+            }
+            eprintln!("shortlink: the supervisor (pid {supervisor}) is gone; shutting down");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGTERM);
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        eprintln!("shortlink: cannot watch the supervisor: {e}");
+    }
+}

@@ -255,14 +255,16 @@ impl EdgeProc {
             "EDGE_UPGRADE_SOCK",
             dir.join("upgrade.sock").display().to_string(),
         ));
-        all.push((
-            "LINKS_UPSTREAMS",
-            upstreams
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ));
+        if !all.iter().any(|(k, _)| *k == "LINKS_UPSTREAMS") {
+            all.push((
+                "LINKS_UPSTREAMS",
+                upstreams
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ));
+        }
         if !all.iter().any(|(k, _)| *k == "EDGE_HEALTH_INTERVAL_MS") {
             all.push(("EDGE_HEALTH_INTERVAL_MS", "200".into()));
         }
@@ -338,6 +340,7 @@ pub async fn user_and_link(edge: SocketAddr, name: &str) -> (i64, String) {
 pub struct Load {
     failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
     done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -346,13 +349,15 @@ impl Load {
         use std::sync::atomic::{AtomicU64, Ordering};
         let failures = std::sync::Arc::new(AtomicU64::new(0));
         let done = std::sync::Arc::new(AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|_| {
                 let (path, failures, done) = (format!("/{code}"), failures.clone(), done.clone());
+                let stop = stop.clone();
                 tokio::spawn(async move {
                     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
                     for _ in 0..max {
-                        if tokio::time::Instant::now() >= end {
+                        if tokio::time::Instant::now() >= end || stop.load(Ordering::Relaxed) {
                             break;
                         }
                         // A refused connection counts as a failure too.
@@ -376,8 +381,15 @@ impl Load {
         Self {
             failures,
             done,
+            stop,
             tasks,
         }
+    }
+
+    /// Stops the clients after their current request: (failed, total).
+    pub async fn finish_now(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.finish().await
     }
 
     /// Waits for the clients: (failed, total).
