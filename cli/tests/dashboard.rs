@@ -5,8 +5,8 @@
 //! is set (`scripts/screenshots.sh` sets it to docs/images/), page weights
 //! and render times are printed.
 //!
-//! The chaos panel's test needs the watchdog of `up --ha` (issue 10) and
-//! is marked ignored until that lands; see its comment.
+//! The chaos panel's test runs `up --ha` (the watchdog and every component
+//! as its own process), so it needs PostgreSQL, Redis and the test broker.
 
 mod support;
 
@@ -107,6 +107,10 @@ async fn start_system() -> System {
         dash,
         dir,
     }
+}
+
+fn rand_u16() -> u16 {
+    u16::from_str_radix(&random_suffix()[..4], 16).unwrap_or(0)
 }
 
 fn shots() -> Option<PathBuf> {
@@ -460,28 +464,33 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     b.quit().await;
 }
 
-/// The chaos panel against the real watchdog of `shortlink up --ha`
-/// (issue 10): a kill from `/chaos` shows the component down, then back
-/// (the watchdog restarts it), and both the operator's action and the
-/// watchdog's restart are on `/incidents`.
-///
-/// LEAD: enable at merge (remove the `ignore`) once `up --ha` and the
-/// watchdog's control API are in main. Written against the contract in
-/// HELPERS.md: WATCHDOG_ADDR / WATCHDOG_TOKEN, `GET /components`,
-/// `POST /components/{name}/{action}`, OpsEvents on `<prefix>ops-events`;
-/// adjust the env names below if `up --ha` takes its ports differently.
+/// The chaos panel against the real watchdog of `shortlink up --ha`: a
+/// kill from `/chaos` shows the component down, then back (the watchdog
+/// restarts it), and both the operator's action and the watchdog's
+/// restart are on `/incidents`. Needs PostgreSQL, Redis and the test
+/// broker (KAFKA_TEST_BROKERS), as `up --ha` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs `shortlink up --ha` and the watchdog (issue 10): the lead enables it at merge"]
 async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
     let db = shortlink_testkit::TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("shortlink-chaos-{}", random_suffix()));
-    let edge: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // up --ha numbers its ports from a few bases: a random block of 100
+    // ports for each, away from the usual defaults.
+    let block = || 20_000 + (rand_u16() % 400) * 100;
+    let (edge_base, links_base, side_base, admin) = (block(), block(), block(), free_port());
     let dash: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let watchdog: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (_p, _) = spawn(
         &["up", "--ha"],
         &[
-            ("SHORTLINK_DATA_DIR", dir.display().to_string()),
+            ("HA_DATA_DIR", dir.display().to_string()),
+            ("HA_EDGES", "1".into()),
+            ("HA_LINKS_REPLICAS", "2".into()),
+            ("HA_NO_BACKUP", "true".into()),
+            ("HA_EDGE_HTTP_PORT", edge_base.to_string()),
+            ("HA_EDGE_HTTPS_PORT", (edge_base + 50).to_string()),
+            ("HA_LINKS_GRPC_PORT", links_base.to_string()),
+            ("HA_ADMIN_GRPC_PORT", admin.to_string()),
+            ("HA_SIDE_PORT_BASE", side_base.to_string()),
             ("DATABASE_URL", db.url.clone()),
             ("REDIS_URL", shortlink_testkit::redis_url()),
             ("KAFKA_BROKERS", support::kafka_brokers()),
@@ -489,7 +498,6 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
                 "KAFKA_TOPIC_PREFIX",
                 format!("chaos{}.", &random_suffix()[..8]),
             ),
-            ("EDGE_HTTP_ADDR", edge.to_string()),
             ("DASHBOARD_ADDR", dash.to_string()),
             ("DASHBOARD_TOKEN", TOKEN.into()),
             ("WATCHDOG_ADDR", watchdog.to_string()),
@@ -497,8 +505,7 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
                 "WATCHDOG_METRICS_ADDR",
                 format!("127.0.0.1:{}", free_port()),
             ),
-            ("WATCHDOG_URL", format!("http://{watchdog}")),
-            ("WATCHDOG_TOKEN", "watchdog-token".into()),
+            ("WATCHDOG_TOKEN", "watchdog-token-0123456789".into()),
             (
                 "HOME",
                 std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
