@@ -89,6 +89,8 @@ impl ProcessBackend {
                 return Err(anyhow!("two components are named {:?}", s.name));
             }
         }
+        // reqwest is built without a default TLS provider; the workspace uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timing.check_timeout)
             .no_proxy()
