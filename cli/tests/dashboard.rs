@@ -475,7 +475,7 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
     let dir = std::env::temp_dir().join(format!("shortlink-chaos-{}", random_suffix()));
     // up --ha numbers its ports from a few bases: a random block of 100
     // ports for each, away from the usual defaults.
-    let block = || 20_000 + (rand_u16() % 400) * 100;
+    let block = || 40_000 + (rand_u16() % 150) * 100;
     let (edge_base, links_base, side_base, admin) = (block(), block(), block(), free_port());
     let dash: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let watchdog: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

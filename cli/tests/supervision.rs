@@ -107,6 +107,8 @@ impl Ha {
             ("WATCHDOG_TOKEN", token.clone()),
             ("WATCHDOG_CHECK_INTERVAL_MS", "300".into()),
             ("LOG_LEVEL", "info".into()),
+            // The dashboard component, off its default port 3000.
+            ("DASHBOARD_ADDR", format!("127.0.0.1:{}", port(92))),
         ];
         envs.extend(extra.iter().cloned());
         let args = [
@@ -338,7 +340,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
         "admin",
         "analytics",
         "log-printer",
-        "dashboard-ingest",
+        "dashboard",
         "alerter",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
