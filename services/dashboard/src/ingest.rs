@@ -1,5 +1,6 @@
-//! The dashboard's consumer of the event bus (group `shortlink-dashboard`
-//! unless CONSUMER_GROUP says otherwise): it does what `dashboard-ingest`
+//! The dashboard's consumer of the event bus (group `shortlink-dashboard-ui`
+//! unless CONSUMER_GROUP says otherwise: not the standalone ingest's
+//! `shortlink-dashboard`, so that both can run and each sees every event): it does what `dashboard-ingest`
 //! does (raw request events and per-minute aggregates in the dashboard
 //! database), feeds the live ring of `/logs`, keeps WARN+ log lines for
 //! error analytics, and turns ops events (watchdog restarts, crash loops,
@@ -159,7 +160,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let args = &state.args;
     let topics = Topics::with_prefix(&args.group.bus.topic_prefix);
-    let group = args.group.group_or("dashboard");
+    let group = args.group.group_or("dashboard-ui");
     let mut sub = bus.subscribe(&group, &topics.all()).await?;
     state
         .ready

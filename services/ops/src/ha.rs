@@ -720,6 +720,7 @@ pub async fn run_ha(
     b: Backends,
     bus_args: shortlink_bus::BusArgs,
     seed: Option<PathBuf>,
+    child_env: Vec<(String, String)>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.ha_data_dir)
         .with_context(|| format!("cannot create {}", a.ha_data_dir.display()))?;
@@ -734,7 +735,10 @@ pub async fn run_ha(
             (t, p.display().to_string())
         }
     };
-    let (specs, mut targets, table) = topology(&a, &b, &admin_token, &token)?;
+    let (mut specs, mut targets, table) = topology(&a, &b, &admin_token, &token)?;
+    for s in &mut specs {
+        s.env.extend(child_env.iter().cloned());
+    }
     targets.push(Target {
         job: "watchdog".into(),
         name: "watchdog".into(),
