@@ -473,10 +473,11 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
 async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
     let db = shortlink_testkit::TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("shortlink-chaos-{}", random_suffix()));
-    // up --ha numbers its ports from a few bases: a random block of 100
-    // ports for each, away from the usual defaults.
-    let block = || 40_000 + (rand_u16() % 150) * 100;
-    let (edge_base, links_base, side_base, admin) = (block(), block(), block(), free_port());
+    // up --ha numbers its ports from a few bases: one random block of 100
+    // ports below the ephemeral range (where outgoing connections could
+    // take them), apart from cli/tests/supervision.rs's blocks (20000+).
+    let base = 10_000 + (rand_u16() % 99) * 100;
+    let (edge_base, links_base, admin, side_base) = (base, base + 10, base + 15, base + 20);
     let dash: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let watchdog: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (_p, _) = spawn(
@@ -487,7 +488,7 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
             ("HA_LINKS_REPLICAS", "2".into()),
             ("HA_NO_BACKUP", "true".into()),
             ("HA_EDGE_HTTP_PORT", edge_base.to_string()),
-            ("HA_EDGE_HTTPS_PORT", (edge_base + 50).to_string()),
+            ("HA_EDGE_HTTPS_PORT", (edge_base + 5).to_string()),
             ("HA_LINKS_GRPC_PORT", links_base.to_string()),
             ("HA_ADMIN_GRPC_PORT", admin.to_string()),
             ("HA_SIDE_PORT_BASE", side_base.to_string()),
@@ -543,20 +544,42 @@ async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
         .unwrap()
         .to_owned();
     let this = format!("#components tr[data-name='{name}']");
-    shot(&b, "chaos").await;
+    // Everything up before breaking something.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let states = b
+            .execute(
+                "return [...document.querySelectorAll('#components tr[data-state]')]\
+                 .map(r => r.dataset.state)",
+            )
+            .await;
+        let states = states.as_array().cloned().unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|s| s == "running") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every component is running: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     b.click_css(&format!("{this} button[data-action=kill]"))
         .await;
     b.accept_alert().await;
-    b.wait_text("#chaos-result", Duration::from_secs(10), |t| {
-        t.contains(&format!("kill {name}"))
-    })
-    .await;
-    // Down (the page refreshes every 2 s), then back.
-    b.wait_text(&format!("{this} .state"), Duration::from_secs(15), |t| {
-        t != "running"
-    })
-    .await;
-    b.wait_text(&format!("{this} .state"), Duration::from_secs(60), |t| {
+    // The page follows it down and back: running → (stopped, exited or
+    // restarting) → running.
+    let (report, _) = b
+        .wait_text("#chaos-result", Duration::from_secs(60), |t| {
+            t.contains("back after") || t.contains("not settled")
+        })
+        .await;
+    println!("chaos: {report}");
+    assert!(
+        report.starts_with(&format!("kill {name}: running → ")) && report.contains("back after"),
+        "{report}"
+    );
+    shot(&b, "chaos").await;
+    b.wait_text(&format!("{this} .state"), Duration::from_secs(10), |t| {
         t == "running"
     })
     .await;

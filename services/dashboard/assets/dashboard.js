@@ -30,9 +30,16 @@
     setInterval(async () => {
       const m = $('main[data-refresh]');
       if (document.hidden || (m && m.contains(document.activeElement) && document.activeElement.tagName !== 'BODY' && document.activeElement.tagName !== 'BUTTON')) return;
+      if (window.slWatching) return;
       try {
         const r = await fetch(location.href, { headers: { 'x-partial': '1' } });
-        if (r.ok) { m.outerHTML = await r.text(); tick(); }
+        if (!r.ok) return;
+        // A chaos action's report survives the refresh.
+        const kept = $('#chaos-result');
+        const keep = kept && !kept.hidden ? kept.outerHTML : null;
+        m.outerHTML = await r.text();
+        if (keep && $('#chaos-result')) $('#chaos-result').outerHTML = keep;
+        tick();
       } catch (_) { /* next time */ }
     }, every);
   }
@@ -88,6 +95,55 @@
     }, 1000);
   }
 
+  // After an action, follow the component closely (every 200 ms, up to
+  // 60 s) and report each state it passes through, so a kill shows as
+  // running → stopped → running even when the watchdog restarts it within
+  // a second. A new pid while running counts as a restart seen too late.
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  async function watch(name, action, first, out) {
+    window.slWatching = true;
+    const t0 = Date.now();
+    const seen = [first.state];
+    let pid = first.pid;
+    let wentDown = !['running'].includes(first.state);
+    const want = { kill: 'back', restart: 'back', stop: 'stopped', pause: 'paused', start: 'running', resume: 'running' }[action];
+    try {
+      while (Date.now() - t0 < 60000) {
+        await sleep(200);
+        let list;
+        try { list = await (await fetch('/chaos/components', { headers: { accept: 'application/json' } })).json(); } catch (_) { continue; }
+        const c = Array.isArray(list) ? list.find((x) => x.name === name) : null;
+        if (!c) continue;
+        if (c.state === 'running' && pid && c.pid && c.pid !== pid && seen[seen.length - 1] === 'running') {
+          seen.push('exited', 'running');
+          wentDown = true;
+        } else if (seen[seen.length - 1] !== c.state) {
+          seen.push(c.state);
+          if (c.state !== 'running') wentDown = true;
+        }
+        pid = c.pid || pid;
+        const row = document.querySelector('#components tr[data-name="' + name + '"]');
+        if (row) {
+          row.dataset.state = c.state;
+          const st = row.querySelector('.state');
+          if (st) { st.textContent = c.state; st.className = 'state state-' + c.state; }
+        }
+        const secs = ((Date.now() - t0) / 1000).toFixed(1);
+        out.textContent = action + ' ' + name + ': ' + seen.join(' → ');
+        const done = want === 'back' ? wentDown && c.state === 'running' : c.state === want;
+        if (done) {
+          out.className = 'notice good';
+          out.textContent += want === 'back' ? ' (back after ' + secs + ' s)' : ' (after ' + secs + ' s)';
+          return;
+        }
+      }
+      out.className = 'notice bad';
+      out.textContent += ' (not settled after 60 s: look at /incidents and the watchdog)';
+    } finally {
+      window.slWatching = false;
+    }
+  }
+
   document.addEventListener('click', async (ev) => {
     const b = ev.target.closest('button.chaos');
     if (!b) return;
@@ -102,8 +158,12 @@
         method: 'POST', headers: { 'x-csrf-token': csrf(), accept: 'application/json' },
       });
       const v = await r.json();
-      out.className = r.ok ? 'notice good' : 'notice bad';
-      out.textContent = r.ok ? action + ' ' + name + ': now ' + v.state : 'Refused: ' + ((v.error && v.error.message) || r.status);
+      if (!r.ok) {
+        out.className = 'notice bad';
+        out.textContent = 'Refused: ' + ((v.error && v.error.message) || r.status);
+        return;
+      }
+      await watch(name, action, v, out);
     } catch (e) {
       out.className = 'notice bad';
       out.textContent = 'The dashboard did not answer: ' + e;
