@@ -153,7 +153,7 @@ pub struct HaArgs {
     #[arg(long, env = "HA_ADMIN_GRPC_PORT", default_value_t = 50051)]
     pub admin_grpc_port: u16,
     /// Side and metrics ports are numbered from here: edges +10.., links
-    /// +20.., admin +30, consumers +40.. (analytics, log-printer,
+    /// +20.., admin +30, consumers +40, +41, +43 (analytics, log-printer,
     /// alerter), alerter HTTP +50, backup +60. The dashboard (which hosts
     /// the dashboard ingest) listens on DASHBOARD_ADDR, default port 3000.
     #[arg(long, env = "HA_SIDE_PORT_BASE", default_value_t = 9200)]
@@ -415,25 +415,29 @@ pub fn topology(
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("sqlite://{}/dashboard.db?mode=rwc", dir.display()));
-    let consumers: [(&str, Vec<String>, Option<SocketAddr>); 3] = [
+    // (name, side-port offset of its metrics, extra flags, its HTTP port).
+    let consumers: [(&str, u16, Vec<String>, Option<SocketAddr>); 3] = [
         (
             "analytics",
+            40,
             vec!["--links-addr".into(), links_grpc[0].to_string()],
             None,
         ),
         (
             "log-printer",
+            41,
             vec!["--min-level".into(), "warn".into()],
             None,
         ),
         (
             "alerter",
+            43,
             vec!["--http-addr".into(), side(50).to_string()],
             Some(side(50)),
         ),
     ];
-    for (i, (name, extra, http)) in consumers.into_iter().enumerate() {
-        let metrics = side(40 + i as u16);
+    for (name, offset, extra, http) in consumers {
+        let metrics = side(offset);
         let mut args = vec![
             name.to_owned(),
             "--metrics-addr".into(),
