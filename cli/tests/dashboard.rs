@@ -699,3 +699,54 @@ async fn golden_signals_come_from_prometheus_when_it_is_configured() {
     );
     assert!(!page.contains("is unavailable right now"), "{page}");
 }
+
+/// The front page turns a 429 into when to retry, and the ban that follows
+/// repeated strikes into a plain sentence: never a status code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_page_explains_rate_limits_and_bans() {
+    let dir = std::env::temp_dir().join(format!("shortlink-dash-rl-{}", random_suffix()));
+    let edge: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (mut p, ports) = spawn(
+        &["up", "--seed", seed_dir().to_str().unwrap()],
+        &[
+            ("SHORTLINK_DATA_DIR", dir.display().to_string()),
+            ("EDGE_HTTP_ADDR", edge.to_string()),
+            ("EDGE_HTTPS_ADDR", "off".into()),
+            ("EDGE_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("ALERTER_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("BUS_METRICS_ADDR", "off".into()),
+            ("DASHBOARD_ADDR", "off".into()),
+            ("RATE_LIMIT_RPS", "0.2".into()),
+            ("RATE_LIMIT_BURST", "3".into()),
+        ],
+    );
+    wait_ready(&mut p, ports.http).await;
+    let b = Browser::start().await;
+    b.goto(&format!("http://{edge}/")).await;
+    b.fill("#url", "https://example.com/limited").await;
+    b.fill("#user", "1").await;
+    let mut seen_limit = None;
+    let mut seen_ban = None;
+    for _ in 0..40 {
+        b.click_css("#go").await;
+        let (t, _) = b
+            .wait_text("#message", Duration::from_secs(5), |t| !t.is_empty())
+            .await;
+        if t.contains("going a bit fast") {
+            seen_limit.get_or_insert(t.clone());
+        }
+        if t.contains("blocked for your network") {
+            seen_ban = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let limit = seen_limit.expect("a rate-limited message");
+    assert!(limit.contains("Please try again in"), "{limit}");
+    assert!(!limit.contains("429"), "no status code: {limit}");
+    // Strikes over the limit escalate to a ban (abuse control's defaults).
+    let ban = seen_ban.expect("the ban that follows the strikes");
+    assert!(ban.contains("it lifts in about"), "{ban}");
+    assert!(!ban.contains("403") && !ban.contains("forbidden"), "{ban}");
+    b.quit().await;
+}
