@@ -263,6 +263,35 @@ async fn alertmanager_repeats_make_one_incident_and_ops_events_reach_the_timelin
         "one timeline entry"
     );
     assert!(page.contains("id=\"open-count\">1<"), "open");
+    // An operator acknowledges it (once).
+    let id = page
+        .split("class=\"open\" data-id=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the open incident's id")
+        .to_owned();
+    let (session, csrf) = login(&d).await;
+    let r = form(
+        d.addr,
+        &format!("/incidents/{id}/ack"),
+        Some(&session),
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = form(
+        d.addr,
+        &format!("/incidents/{id}/ack"),
+        Some(&session),
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(r.status, 404, "acknowledged already: {}", r.body);
+    let page = http(d.addr, "GET", "/incidents", &[], b"").await.body;
+    assert!(
+        page.contains("incident acknowledged") && page.contains(" by operator"),
+        "{page}"
+    );
 
     // Ops events from the bus: a crash loop opens an incident, recovery closes it.
     let ops = |kind: &str| {
