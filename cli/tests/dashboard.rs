@@ -420,6 +420,8 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
             t.ends_with("req/s") && !t.starts_with("0 ")
         })
         .await;
+    b.wait_text("#s-vus", Duration::from_secs(10), |t| t == "50 VUs")
+        .await;
     println!("live k6 throughput seen on /load: {rps}");
     assert!(b.text_of("#s-lat").await.ends_with("ms"));
     shot(&b, "load").await;
