@@ -149,8 +149,9 @@ pub fn bars(title: &str, unit: &str, t0: i64, t1: i64, bucket: i64, series: &[Se
         for &(t, v) in &s.points {
             let b = base.entry(t).or_default();
             let y = H - BOTTOM - h(*b + v);
+            // The current bucket's bar stays inside the plot.
             rects.push((
-                x(t),
+                x(t).min(W - RIGHT - bw),
                 y,
                 h(v),
                 s.color,
