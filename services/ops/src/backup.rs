@@ -142,7 +142,7 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<BackupFile>> {
             });
         }
     }
-    out.sort_by(|a, b| b.taken.cmp(&a.taken));
+    out.sort_by_key(|f| std::cmp::Reverse(f.taken));
     Ok(out)
 }
 
