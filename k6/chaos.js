@@ -74,13 +74,28 @@ function phaseAt(elapsed) {
   return p;
 }
 
-// Failed load requests by phase and status (0 = no HTTP response).
+// Failed load requests by phase and status (0 = no HTTP response), and
+// what the kill matrix compares with the event pipeline: redirects served
+// (302), responses on non-health routes, failed redirects.
 const failures = new Counter('load_failures');
+const requests = new Counter('load_requests');
+const redirects302 = new Counter('load_redirects_302');
+const served = new Counter('load_served_non_health');
+const redirectFailures = new Counter('load_redirect_failures');
+// ACK_LOG=1 logs "ACK <code>" for every 201 (the kill matrix checks each
+// acknowledged write is in the database afterwards).
+const ackLog = __ENV.ACK_LOG === '1';
 const STATUSES = ['0', '400', '404', '409', '429', '500', '502', '503', '504'];
 
-const thresholds = Object.assign(perRoute(), { 'http_req_failed{kind:load}': ['rate<0.01'] });
+const thresholds = Object.assign(perRoute(), {
+  'http_req_failed{kind:load}': ['rate<0.01'],
+  load_redirects_302: ['count>=0'],
+  load_served_non_health: ['count>=0'],
+  load_redirect_failures: ['count>=0'],
+});
 for (const p of phases) {
   thresholds[`http_reqs{kind:load,phase:${p}}`] = ['count>=0'];
+  thresholds[`load_requests{phase:${p}}`] = ['count>=0'];
   thresholds[`http_req_failed{kind:load,phase:${p}}`] = ['rate>=0'];
   thresholds[`http_req_duration{kind:load,phase:${p}}`] = ['max>=0'];
   for (const s of STATUSES) thresholds[`load_failures{phase:${p},status:${s}}`] = ['count>=0'];
@@ -100,8 +115,15 @@ export function setup() {
 }
 
 onResponse((res, tags) => {
+  if (tags.kind !== 'load') return;
   const expected = (res.status >= 200 && res.status < 400) || (tags.route === 'unknown' && res.status === 404);
-  if (tags.kind === 'load' && !expected) failures.add(1, { phase: tags.phase, status: String(res.status) });
+  requests.add(1, { phase: tags.phase });
+  if (!expected) failures.add(1, { phase: tags.phase, status: String(res.status) });
+  if (res.status !== 0 && tags.route !== 'health') served.add(1);
+  if (tags.route === 'redirect') {
+    if (res.status === 302) redirects302.add(1); else redirectFailures.add(1);
+  }
+  if (ackLog && tags.route === 'shorten' && res.status === 201) console.log(`ACK ${res.json('short_code')}`);
 });
 
 export function load(data) {
@@ -131,23 +153,30 @@ function fmt(v, d) {
 export function handleSummary(data) {
   const m = data.metrics;
   const rows = phases.map((p) => {
-    const reqs = (m[`http_reqs{kind:load,phase:${p}}`] || { values: {} }).values.count || 0;
-    const failedRate = (m[`http_req_failed{kind:load,phase:${p}}`] || { values: {} }).values.rate || 0;
+    const attempts = (m[`http_reqs{kind:load,phase:${p}}`] || { values: {} }).values.count || 0;
+    const attemptsFailed = Math.round(attempts * ((m[`http_req_failed{kind:load,phase:${p}}`] || { values: {} }).values.rate || 0));
+    const reqs = (m[`load_requests{phase:${p}}`] || { values: {} }).values.count || 0;
     const dur = (m[`http_req_duration{kind:load,phase:${p}}`] || { values: {} }).values;
     const byStatus = {};
     for (const s of STATUSES) {
       const c = (m[`load_failures{phase:${p},status:${s}}`] || { values: {} }).values.count || 0;
       if (c > 0) byStatus[s] = c;
     }
-    return { phase: p, requests: reqs, failed: Math.round(reqs * failedRate), failed_rate: failedRate,
+    const failed = Object.values(byStatus).reduce((a, b) => a + b, 0);
+    return { phase: p, requests: reqs, failed, attempts, attempts_failed: attemptsFailed,
              p95_ms: dur['p(95)'], p99_ms: dur['p(99)'], max_ms: dur.max, failed_by_status: byStatus };
   });
-  let text = `\nchaos preset ${__ENV.SCHEDULE ? 'SCHEDULE' : presetName}: per phase (load requests only)\n`;
-  text += `${'phase'.padEnd(28)} ${'requests'.padStart(9)} ${'failed'.padStart(7)} ${'p95 ms'.padStart(8)} ${'p99 ms'.padStart(8)}  failed by status\n`;
+  let text = `\nchaos preset ${__ENV.SCHEDULE ? 'SCHEDULE' : presetName}: per phase (load requests only; failed = what the client`
+    + ' saw after failing over to the other edge; attempts counts both tries)\n';
+  text += `${'phase'.padEnd(28)} ${'requests'.padStart(9)} ${'failed'.padStart(7)} ${'attempts'.padStart(9)} ${'att.fail'.padStart(8)} ${'p95 ms'.padStart(8)} ${'p99 ms'.padStart(8)}  failed by status\n`;
   for (const r of rows) {
-    text += `${r.phase.padEnd(28)} ${String(r.requests).padStart(9)} ${String(r.failed).padStart(7)} ${fmt(r.p95_ms, 1).padStart(8)} ${fmt(r.p99_ms, 1).padStart(8)}  ${JSON.stringify(r.failed_by_status)}\n`;
+    text += `${r.phase.padEnd(28)} ${String(r.requests).padStart(9)} ${String(r.failed).padStart(7)} ${String(r.attempts).padStart(9)} ${String(r.attempts_failed).padStart(8)} ${fmt(r.p95_ms, 1).padStart(8)} ${fmt(r.p99_ms, 1).padStart(8)}  ${JSON.stringify(r.failed_by_status)}\n`;
   }
   const out = { stdout: text };
-  if (__ENV.SUMMARY) out[__ENV.SUMMARY] = JSON.stringify({ preset: presetName, schedule, phases: rows }, null, 1);
+  const count = (name) => ((m[name] || { values: {} }).values.count || 0);
+  const counts = { redirects_302: count('load_redirects_302'), served_non_health: count('load_served_non_health'),
+                   redirect_failures: count('load_redirect_failures') };
+  text += `redirects served ${counts.redirects_302}, failed redirects ${counts.redirect_failures}, responses on non-health routes ${counts.served_non_health}\n`;
+  if (__ENV.SUMMARY) out[__ENV.SUMMARY] = JSON.stringify({ preset: __ENV.SCHEDULE ? 'SCHEDULE' : presetName, schedule, phases: rows, counts }, null, 1);
   return out;
 }
