@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs Prometheus and Alertmanager against a local shortlink:
 #   observability/local.sh          # `shortlink up` (edge 9180, links 9181, bus 9185)
-#   observability/local.sh ha       # the distributed topology of README.md
+#   observability/local.sh ha       # `shortlink up --ha` (targets written by its watchdog)
 # Prometheus on 127.0.0.1:9090, Alertmanager on 127.0.0.1:9093, sending to
-# the alerter on 127.0.0.1:9183 (ALERTER_URL overrides; under `ha` the
-# README's alerter listens on 9185). Data in ./data/observability. Ctrl-C stops both.
+# the alerter on 127.0.0.1:9183 (ALERTER_URL overrides; under `up --ha` the
+# alerter listens on 9250, HA_DATA_DIR names its data directory, default
+# data/ha). Data in ./data/observability. Ctrl-C stops both.
 # Needs the Debian packages prometheus and prometheus-alertmanager.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,14 +18,15 @@ out="data/observability"
 mkdir -p "$out/prometheus" "$out/alertmanager"
 case "$topology" in
   up) targets=targets; alerter="${ALERTER_URL:-http://127.0.0.1:9183}" ;;
-  ha) targets=targets-ha; alerter="${ALERTER_URL:-http://127.0.0.1:9185}" ;;
+  ha) targets="$(realpath -m "${HA_DATA_DIR:-data/ha}")/targets"; alerter="${ALERTER_URL:-http://127.0.0.1:9250}" ;;
   *) die "usage: $0 [up|ha]" ;;
 esac
 
 # The project's files with absolute paths to the rules and the chosen
 # topology's file_sd targets (Prometheus re-reads those when they change).
 dir="$PWD/observability/prometheus"
-sed -e "s#- rules/#- $dir/rules/#" -e "s#\"targets/#\"$dir/$targets/#" \
+case "$targets" in /*) ;; *) targets="$dir/$targets" ;; esac
+sed -e "s#- rules/#- $dir/rules/#" -e "s#\"targets/#\"$targets/#" \
   observability/prometheus/prometheus-local.yml > "$out/prometheus.yml"
 sed "s#http://alerter:9183#$alerter#" observability/alertmanager/alertmanager.yml \
   > "$out/alertmanager.yml"

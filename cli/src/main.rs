@@ -150,7 +150,22 @@ fn main() -> ExitCode {
                 kafka_brokers: args.links.bus.kafka_brokers.clone(),
                 dashboard_database_url: std::env::var("DASHBOARD_DATABASE_URL").ok(),
             };
-            shortlink_ops::ha::run_ha(args.ha, backends, args.links.bus, args.seed).await
+            // The children log as the supervisor was told to.
+            let mut child_env = vec![
+                (
+                    "LOG_FORMAT".to_owned(),
+                    match cli.telemetry.log_format {
+                        telemetry::LogFormat::Json => "json".to_owned(),
+                        telemetry::LogFormat::Text => "text".to_owned(),
+                    },
+                ),
+                ("LOG_LEVEL".to_owned(), cli.telemetry.log_level.clone()),
+            ];
+            if let Some(e) = &cli.telemetry.otlp_endpoint {
+                child_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), e.clone()));
+            }
+            shortlink_ops::ha::run_ha(args.ha, backends, args.links.bus, args.seed, child_env)
+                .await
         }),
         Command::Up(args) => up(&runtime, &cli.telemetry, args),
         // No telemetry: a healthcheck runs every few seconds and its only

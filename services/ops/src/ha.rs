@@ -687,6 +687,7 @@ pub async fn run_ha(
     b: Backends,
     bus_args: shortlink_bus::BusArgs,
     seed: Option<PathBuf>,
+    child_env: Vec<(String, String)>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.ha_data_dir)
         .with_context(|| format!("cannot create {}", a.ha_data_dir.display()))?;
@@ -694,7 +695,10 @@ pub async fn run_ha(
         Ok(t) if t.len() >= 16 => t,
         _ => token_file(&a.ha_data_dir, "admin-token")?.0,
     };
-    let (specs, mut targets, table) = topology(&a, &b, &admin_token)?;
+    let (mut specs, mut targets, table) = topology(&a, &b, &admin_token)?;
+    for s in &mut specs {
+        s.env.extend(child_env.iter().cloned());
+    }
     let (token, token_note) = match a.ha_supervise.token.clone().filter(|t| !t.is_empty()) {
         Some(t) => (t, "WATCHDOG_TOKEN".to_owned()),
         None => {

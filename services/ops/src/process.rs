@@ -89,6 +89,8 @@ impl ProcessBackend {
                 return Err(anyhow!("two components are named {:?}", s.name));
             }
         }
+        // reqwest is built without a default TLS provider; the workspace uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timing.check_timeout)
             .no_proxy()
@@ -386,8 +388,19 @@ impl Backend for ProcessBackend {
             |s: NixSignal| kill(pid_t, s).with_context(|| format!("kill -{s} {name} ({pid})"));
         match signal {
             Signal::Kill => send(NixSignal::SIGKILL),
-            Signal::Pause => send(NixSignal::SIGSTOP),
-            Signal::Resume => send(NixSignal::SIGCONT),
+            Signal::Pause | Signal::Resume => {
+                let stop = signal == Signal::Pause;
+                send(if stop { NixSignal::SIGSTOP } else { NixSignal::SIGCONT })?;
+                // Delivery is asynchronous: return once /proc shows it, so
+                // that the answer to the action shows the new state.
+                for _ in 0..100 {
+                    if (proc_state(pid) == Some('T')) == stop {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(())
+            }
             Signal::Stop => {
                 send(NixSignal::SIGTERM)?;
                 // A stopped process only acts on SIGTERM once continued.
