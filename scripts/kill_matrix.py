@@ -157,6 +157,20 @@ def alive(pid):
         return False
 
 
+def proc_cpu_rss(pid):
+    """(CPU seconds, resident MiB) of one process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        fields = st[st.rfind(")") + 2:].split()
+        ticks = int(fields[11]) + int(fields[12])
+        with open(f"/proc/{pid}/status") as f:
+            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        return ticks / os.sysconf("SC_CLK_TCK"), rss / 1024
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
 class Postgres:
     """A PostgreSQL instance of the matrix's own: initdb into a temporary
     directory, its own port, started and stopped with pg_ctl."""
@@ -448,6 +462,72 @@ class Matrix:
                 ok = False
         return ok
 
+    def pids(self):
+        """component -> [pids] for the CPU and memory profile."""
+        out = {c["name"]: [c["pid"]] for c in self.components() or [] if c.get("pid")}
+        out["watchdog"] = [self.up.p.pid]
+        for name, pg in (("postgres (app)", self.pg), ("postgres (dashboard)", self.pgdash)):
+            pm = pg.postmaster_pid()
+            out[name] = [pm] + children_of(pm)
+        out["redis"] = [self.redis.p.pid]
+        out["broker (tansu)"] = [self.broker.p.pid]
+        return out
+
+    def sample(self, pids):
+        res = {}
+        for name, ps in pids.items():
+            vals = [v for v in (proc_cpu_rss(p) for p in ps) if v]
+            if vals:
+                res[name] = (sum(v[0] for v in vals), sum(v[1] for v in vals))
+        return res
+
+    def profile(self, secs):
+        """CPU per request and memory of every component under the matrix's
+        load, and their memory at rest (before any load)."""
+        a = self.a
+        log(f"profile: {secs} s of load, CPU and memory per component")
+        user_id, codes, _ = self.setup_phase("profile")
+        time.sleep(2)
+        pids = self.pids()
+        rest = self.sample(pids)
+        summary = os.path.join(self.work, "k6-profile.json")
+        cmd = ["k6", "run", "--quiet", "--no-color", "-e", f"BASES={','.join(self.bases())}",
+               "-e", "SCHEDULE=9999s mark never", "-e", f"DURATION={secs}s", "-e", f"VUS={a.vus}",
+               "-e", f"MIX={a.mix}", "-e", f"PAUSE={a.pause}", "-e", f"CODES={','.join(codes)}",
+               "-e", f"USER_ID={user_id}", "-e", f"SUMMARY={summary}", os.path.join(ROOT, "k6", "chaos.js")]
+        with open(os.path.join(self.work, "k6-profile.log"), "w") as f:
+            k6 = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        time.sleep(3)  # ramp and warm-up excluded
+        pids["k6"] = [k6.pid]
+        s0, t0 = self.sample(pids), time.time()
+        busy0 = cpu_busy()
+        time.sleep(max(1, secs - 5))
+        s1, t1 = self.sample(pids), time.time()
+        busy1 = cpu_busy()
+        k6.wait()
+        with open(summary) as f:
+            k6s = json.load(f)
+        reqs = sum(p["requests"] for p in k6s["phases"])
+        rate = reqs / secs
+        window_reqs = rate * (t1 - t0)
+        comps = {}
+        for name in s1:
+            if name in s0:
+                cpu = s1[name][0] - s0[name][0]
+                comps[name] = {
+                    "cpu_share_of_core": round(cpu / (t1 - t0), 3),
+                    "cpu_ms_per_request": round(1000 * cpu / window_reqs, 4) if window_reqs else None,
+                    "rss_mib_rest": round(rest.get(name, (0, 0))[1], 1),
+                    "rss_mib_load": round(s1[name][1], 1),
+                }
+        ph = k6s["phases"][0]
+        return {
+            "seconds": secs, "requests": reqs, "req_per_s": round(rate, 1), "failed": ph["failed"],
+            "p95_ms": ph["p95_ms"], "p99_ms": ph["p99_ms"],
+            "machine_busy_cores": round((busy1 - busy0) / (t1 - t0), 2),
+            "components": comps,
+        }
+
     def restarts(self):
         return {c["name"]: c["restarts"] for c in self.components() or []}
 
@@ -588,6 +668,14 @@ class Matrix:
                 pg.stop()
 
 
+def cpu_busy():
+    """Busy CPU seconds of the whole machine since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def merge_status(phases):
     out = {}
     for p in phases:
@@ -644,6 +732,25 @@ def fmt_table(result):
     return "\n".join(lines)
 
 
+def fmt_profile(result):
+    p = result.get("profile")
+    if not p:
+        return ""
+    lines = [
+        "",
+        f"Profile under the same load, {p['seconds']} s before the faults: {p['requests']} requests "
+        f"({p['req_per_s']} req/s), p95 {p['p95_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, failed {p['failed']}; "
+        f"the machine was busy {p['machine_busy_cores']} of its cores.",
+        "",
+        "| component | share of one core | CPU per request (ms) | resident MiB at rest | resident MiB under load |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, c in sorted(p["components"].items(), key=lambda kv: -kv[1]["cpu_share_of_core"]):
+        lines.append(f"| {name} | {c['cpu_share_of_core']:.3f} | {c['cpu_ms_per_request']} | {c['rss_mib_rest']} "
+                     f"| {c['rss_mib_load']} |")
+    return "\n".join(lines)
+
+
 def write_doc(path, result):
     begin, end = "<!-- kill-matrix:begin -->", "<!-- kill-matrix:end -->"
     with open(path) as f:
@@ -653,7 +760,7 @@ def write_doc(path, result):
     head, rest = doc.split(begin, 1)
     _, tail = rest.split(end, 1)
     with open(path, "w") as f:
-        f.write(f"{head}{begin}\n{fmt_table(result)}\n{end}{tail}")
+        f.write(f"{head}{begin}\n{fmt_table(result)}\n{fmt_profile(result)}\n{end}{tail}")
 
 
 def main():
@@ -670,6 +777,7 @@ def main():
     ap.add_argument("--post", type=int, default=20, help="seconds of load after the restore")
     ap.add_argument("--catchup", type=int, default=90, help="longest wait for the consumers to catch up, s")
     ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--profile", type=int, default=20, help="seconds of load for the CPU and memory profile (0: none)")
     ap.add_argument("--port-base", type=int, default=27000)
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--doc", help="write the measured table into this markdown file (between the markers)")
@@ -677,7 +785,7 @@ def main():
     a = ap.parse_args()
     if a.short:
         a.faults = ",".join(SHORT)
-        a.vus, a.pre, a.fault_s, a.post, a.catchup = min(a.vus, 20), 5, 10, 8, 60
+        a.vus, a.pre, a.fault_s, a.post, a.catchup, a.profile = min(a.vus, 20), 5, 10, 8, 60, 0
     faults = [f.strip() for f in a.faults.split(",") if f.strip()]
     for f in faults:
         if f not in FAULTS:
@@ -694,6 +802,9 @@ def main():
         if t is None:
             die(f"up --ha did not become healthy in 180 s (log: {m.up.logfile}): {m.components()}")
         log(f"up --ha healthy after {t:.1f} s")
+        profile = m.profile(a.profile) if a.profile > 0 else None
+        if profile:
+            log("  " + json.dumps(profile))
         for f in faults:
             row = m.run_fault(f)
             if row:
@@ -706,6 +817,7 @@ def main():
                        f"{a.post} s after; {a.replicas} links replicas"),
             "command": os.environ.get("KILL_MATRIX_COMMAND", "./scripts/kill-matrix.sh"),
             "rows": m.results,
+            "profile": profile,
         }
         if a.json:
             with open(a.json, "w") as f:
@@ -713,6 +825,7 @@ def main():
         if a.doc:
             write_doc(a.doc, result)
         print(fmt_table(result))
+        print(fmt_profile(result))
     except SystemExit as e:
         rc = e.code or 1
     finally:
