@@ -217,6 +217,14 @@ class Postgres:
             if not alive(pm) and not any(alive(k) for k in kids):
                 break
             time.sleep(0.1)
+        # The postmaster was pg_ctl's child and is nobody's to reap here: a
+        # zombie keeps its pid "alive" for PostgreSQL's lock-file check. It
+        # is dead; remove the stale lock as an operator would after a crash.
+        for stale in ("postmaster.pid", f".s.PGSQL.{self.port}.lock"):
+            try:
+                os.remove(os.path.join(self.dir, stale))
+            except FileNotFoundError:
+                pass
 
     def stop(self):
         subprocess.run(self.as_user + [find_pg_bin("pg_ctl"), "-D", self.dir, "-m", "immediate", "stop"],
