@@ -509,9 +509,11 @@ class Matrix:
         pids["k6"] = [k6.pid]
         s0, t0 = self.sample(pids), time.time()
         busy0 = cpu_busy()
+        broker0 = self.broker_bytes()
         time.sleep(max(1, secs - 5))
         s1, t1 = self.sample(pids), time.time()
         busy1 = cpu_busy()
+        broker1 = self.broker_bytes()
         k6.wait()
         with open(summary) as f:
             k6s = json.load(f)
@@ -533,8 +535,22 @@ class Matrix:
             "seconds": secs, "requests": reqs, "req_per_s": round(rate, 1), "failed": ph["failed"],
             "p95_ms": ph["p95_ms"], "p99_ms": ph["p99_ms"],
             "machine_busy_cores": round((busy1 - busy0) / (t1 - t0), 2),
+            "broker_bytes_per_request": round((broker1 - broker0) / window_reqs) if window_reqs else None,
             "components": comps,
         }
+
+    def broker_bytes(self):
+        base = os.path.join(self.work, "broker.db")
+        return sum(os.path.getsize(base + ext) for ext in ("", "-wal", "-journal") if os.path.exists(base + ext))
+
+    def db_sizes(self):
+        """Rows and bytes (table + indexes + TOAST) per table of the app database."""
+        out = {}
+        for line in self.pg.psql("shortlink", "SELECT relname, n_live_tup, pg_total_relation_size(relid) "
+                                              "FROM pg_stat_user_tables ORDER BY 3 DESC").splitlines():
+            name, rows, size = line.split("|")
+            out[name] = {"rows": int(rows), "bytes": int(size)}
+        return out
 
     def restarts(self):
         return {c["name"]: c["restarts"] for c in self.components() or []}
@@ -826,6 +842,7 @@ def main():
             "command": os.environ.get("KILL_MATRIX_COMMAND", "./scripts/kill-matrix.sh"),
             "rows": m.results,
             "profile": profile,
+            "db_sizes": m.db_sizes(),
         }
         if a.json:
             with open(a.json, "w") as f:
