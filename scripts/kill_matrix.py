@@ -546,6 +546,7 @@ class Matrix:
     def db_sizes(self):
         """Rows and bytes (table + indexes + TOAST) per table of the app database."""
         out = {}
+        self.pg.psql("shortlink", "ANALYZE")
         for line in self.pg.psql("shortlink", "SELECT relname, n_live_tup, pg_total_relation_size(relid) "
                                               "FROM pg_stat_user_tables ORDER BY 3 DESC").splitlines():
             name, rows, size = line.split("|")
