@@ -751,9 +751,9 @@ def fmt_table(result):
         lines.append(
             f"| {r['what']} | {r['requests']} | {r['failed']} ({pct:.2f}%; {status}) | {n(r['failed_fault'])} / "
             f"{n(r['failed_after'])} | {n(r['p99_before_ms'], 0)} / {n(r['p99_fault_ms'], 0)} | {r['redirect_failures']} "
-            f"| {n(r['time_to_normal_s'])} | {wd} | {r['acked_writes_lost']} of {r['acked_writes']} "
+            f"| {n(r['time_to_normal_s'], 1)} | {wd} | {r['acked_writes_lost']} of {r['acked_writes']} "
             f"| {r['redirects_served']} / {n(r['clicks_recorded'])} | {r['requests_served']} / "
-            f"{n(r['request_events_ingested'])} | {n(r['events_caught_up_s'])} |")
+            f"{n(r['request_events_ingested'])} | {n(r['events_caught_up_s'], 1)} |")
     return "\n".join(lines)
 
 
