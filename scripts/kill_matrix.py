@@ -158,14 +158,21 @@ def alive(pid):
 
 
 def proc_cpu_rss(pid):
-    """(CPU seconds, resident MiB) of one process, or None."""
+    """(CPU seconds, memory MiB) of one process, or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             st = f.read()
         fields = st[st.rfind(")") + 2:].split()
         ticks = int(fields[11]) + int(fields[12])
-        with open(f"/proc/{pid}/status") as f:
-            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        # Proportional set size: shared pages (PostgreSQL's shared buffers,
+        # the binary's text) split among the processes that map them, so a
+        # sum over processes counts them once.
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
+        except (OSError, StopIteration):
+            with open(f"/proc/{pid}/status") as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
         return ticks / os.sysconf("SC_CLK_TCK"), rss / 1024
     except (OSError, ValueError, StopIteration, IndexError):
         return None
@@ -767,7 +774,7 @@ def fmt_profile(result):
         f"({p['req_per_s']} req/s), p95 {p['p95_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, failed {p['failed']}; "
         f"the machine was busy {p['machine_busy_cores']} of its cores.",
         "",
-        "| component | share of one core | CPU per request (ms) | resident MiB at rest | resident MiB under load |",
+        "| component | share of one core | CPU per request (ms) | memory MiB at rest (PSS) | memory MiB under load (PSS) |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, c in sorted(p["components"].items(), key=lambda kv: -kv[1]["cpu_share_of_core"]):
