@@ -291,6 +291,7 @@ class Matrix:
             "watchdog": b + 50, "watchdog_metrics": b + 51, "side": b + 100,
         }
         self.procs = {}
+        self.edges = 2
         self.up = None
         self.token = None
         self.results = []
@@ -328,9 +329,10 @@ class Matrix:
             e.pop(k, None)
         return e
 
-    def start_up(self):
+    def start_up(self, edges=2):
         p = self.ports
-        argv = [self.bin, "up", "--ha", "--edges", "2", "--links-replicas", str(self.a.replicas),
+        self.edges = edges
+        argv = [self.bin, "up", "--ha", "--edges", str(edges), "--links-replicas", str(self.a.replicas),
                 "--edge-http-port", str(p["edge1"]), "--edge-https-port", str(p["https"]),
                 "--links-grpc-port", str(p["links"]), "--admin-grpc-port", str(p["admin"]),
                 "--side-port-base", str(p["side"]), "--watchdog-addr", f"127.0.0.1:{p['watchdog']}",
@@ -349,8 +351,8 @@ class Matrix:
         comps = self.components()
         if not comps or not all(c["state"] == "running" and c["healthy"] for c in comps):
             return False
-        for e in ("edge1", "edge2"):
-            if http("GET", f"http://127.0.0.1:{self.ports[e]}/ready", timeout=1)[0] != 200:
+        for b in self.bases():
+            if http("GET", f"{b}/ready", timeout=1)[0] != 200:
                 return False
         return True
 
@@ -363,7 +365,7 @@ class Matrix:
         return None
 
     def bases(self):
-        return [f"http://127.0.0.1:{self.ports['edge1']}", f"http://127.0.0.1:{self.ports['edge2']}"]
+        return [f"http://127.0.0.1:{self.ports['edge1']}", f"http://127.0.0.1:{self.ports['edge2']}"][:self.edges]
 
     # ---- measurements ---------------------------------------------------
     def clicks(self, user_id):
