@@ -82,6 +82,10 @@ const requests = new Counter('load_requests');
 const redirects302 = new Counter('load_redirects_302');
 const served = new Counter('load_served_non_health');
 const redirectFailures = new Counter('load_redirect_failures');
+// Failed redirects of known links (created before the run and resolved
+// once, so cached): these must not fail while Redis, the broker or the app
+// database is down.
+const knownRedirectFailures = new Counter('load_known_redirect_failures');
 // ACK_LOG=1 logs "ACK <code>" for every 201 (the kill matrix checks each
 // acknowledged write is in the database afterwards).
 const ackLog = __ENV.ACK_LOG === '1';
@@ -92,6 +96,7 @@ const thresholds = Object.assign(perRoute(), {
   load_redirects_302: ['count>=0'],
   load_served_non_health: ['count>=0'],
   load_redirect_failures: ['count>=0'],
+  load_known_redirect_failures: ['count>=0'],
 });
 for (const p of phases) {
   thresholds[`http_reqs{kind:load,phase:${p}}`] = ['count>=0'];
@@ -122,6 +127,7 @@ onResponse((res, tags) => {
   if (res.status !== 0 && tags.route !== 'health') served.add(1);
   if (tags.route === 'redirect') {
     if (res.status === 302) redirects302.add(1); else redirectFailures.add(1);
+    if (res.status !== 302 && tags.link === 'known') knownRedirectFailures.add(1, { phase: tags.phase });
   }
   if (ackLog && tags.route === 'shorten' && res.status === 201) console.log(`ACK ${res.json('short_code')}`);
 });
@@ -175,8 +181,9 @@ export function handleSummary(data) {
   const out = { stdout: text };
   const count = (name) => ((m[name] || { values: {} }).values.count || 0);
   const counts = { redirects_302: count('load_redirects_302'), served_non_health: count('load_served_non_health'),
-                   redirect_failures: count('load_redirect_failures') };
-  text += `redirects served ${counts.redirects_302}, failed redirects ${counts.redirect_failures}, responses on non-health routes ${counts.served_non_health}\n`;
+                   redirect_failures: count('load_redirect_failures'),
+                   known_redirect_failures: count('load_known_redirect_failures') };
+  text += `redirects served ${counts.redirects_302}, failed redirects ${counts.redirect_failures} (of known, cached links ${counts.known_redirect_failures}), responses on non-health routes ${counts.served_non_health}\n`;
   if (__ENV.SUMMARY) out[__ENV.SUMMARY] = JSON.stringify({ preset: __ENV.SCHEDULE ? 'SCHEDULE' : presetName, schedule, phases: rows, counts }, null, 1);
   return out;
 }

@@ -82,8 +82,11 @@ export function journey(pause, tags) {
   const c = shorten(tags);
   const l = send('GET', '/urls?page=1&per_page=10', null, { tags: Object.assign({ route: 'list' }, tags || {}) });
   check(l, { 'list 200': (x) => x.status === 200 });
-  const code = c.status === 201 ? c.json('short_code') : codes[0];
-  for (let i = 0; i < 2; i++) redirect(code, tags);
+  // The new link, or (when the write failed) a known one: tagged so a
+  // report can tell cached known links from links never resolved yet.
+  const fresh = c.status === 201;
+  const code = fresh ? c.json('short_code') : codes[0];
+  for (let i = 0; i < 2; i++) redirect(code, Object.assign({ link: fresh ? 'new' : 'known' }, tags || {}));
   if (pause > 0) sleep(pause);
 }
 
@@ -92,7 +95,7 @@ export function journey(pause, tags) {
 export function redirectMix(tags) {
   const r = Math.random();
   if (r < 0.85) {
-    redirect(codes[Math.floor(Math.random() * codes.length)], tags);
+    redirect(codes[Math.floor(Math.random() * codes.length)], Object.assign({ link: 'known' }, tags || {}));
   } else if (r < 0.95) {
     const res = send('GET', `/zz${Math.floor(Math.random() * 1e6)}`, null,
       { tags: Object.assign({ route: 'unknown' }, tags || {}), responseCallback: unknownOk });

@@ -593,7 +593,9 @@ class Matrix:
         with open(k6log, "w") as f:
             k6 = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         t_start = time.time()
-        time.sleep(pre)
+        # Kill and restore at k6's own phase marks (its VUs take a moment to
+        # start), so every request is counted in the right phase.
+        wait_mark(k6log, "p1-", t_start + pre + 60)
         old = next((c for c in self.components() or [] if c["name"] == target), {})
         t_kill = time.time()
         what = self.kill_target(fault)
@@ -613,7 +615,7 @@ class Matrix:
             t_restore = t_kill
             time.sleep(max(0.0, t_kill + hold - time.time()))
         else:
-            time.sleep(hold)
+            wait_mark(k6log, "p2-", t_kill + hold + 60)
             self.restore_target(fault)
             t_restore = time.time()
             log(f"  restored {target}")
@@ -672,6 +674,7 @@ class Matrix:
             "p99_before_ms": ph.get("p0", {}).get("p99_ms"),
             "p99_fault_ms": ph.get("p1", {}).get("p99_ms"),
             "redirect_failures": k6s["counts"]["redirect_failures"],
+            "known_redirect_failures": k6s["counts"]["known_redirect_failures"],
             "restarted_by_watchdog": restarted,
             "other_restarts": restarted_others,
             "time_to_normal_s": None if t_normal is None else round(t_normal - t_kill, 1),
@@ -700,6 +703,19 @@ class Matrix:
         for pg in (getattr(self, "pg", None), getattr(self, "pgdash", None)):
             if pg:
                 pg.stop()
+
+
+def wait_mark(path, mark, deadline):
+    """Waits until k6/chaos.js logs "chaos: phase <mark>...". """
+    while time.time() < deadline:
+        try:
+            with open(path) as f:
+                if f"chaos: phase {mark}" in f.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    die(f"k6 never reached phase {mark} (log: {path})")
 
 
 def cpu_busy():
@@ -745,7 +761,7 @@ def fmt_table(result):
         f"Command: `{result['command']}`.",
         "",
         "| fault | requests | failed (by status) | failed during fault / after | p99 before / during fault (ms) "
-        "| failed redirects | time to normal (s) | watchdog restarted it | acked writes lost | redirects served / clicks recorded "
+        "| failed redirects (known, cached links / all) | time to normal (s) | watchdog restarted it | acked writes lost | redirects served / clicks recorded "
         "| requests served / events ingested | events caught up (s after load) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -759,7 +775,7 @@ def fmt_table(result):
             wd = "n/a (restarted by the operator/init)" if r["restarted_by_watchdog"] is not None else wd
         lines.append(
             f"| {r['what']} | {r['requests']} | {r['failed']} ({pct:.2f}%; {status}) | {n(r['failed_fault'])} / "
-            f"{n(r['failed_after'])} | {n(r['p99_before_ms'], 0)} / {n(r['p99_fault_ms'], 0)} | {r['redirect_failures']} "
+            f"{n(r['failed_after'])} | {n(r['p99_before_ms'], 0)} / {n(r['p99_fault_ms'], 0)} | {r['known_redirect_failures']} / {r['redirect_failures']} "
             f"| {n(r['time_to_normal_s'], 1)} | {wd} | {r['acked_writes_lost']} of {r['acked_writes']} "
             f"| {r['redirects_served']} / {n(r['clicks_recorded'])} | {r['requests_served']} / "
             f"{n(r['request_events_ingested'])} | {n(r['events_caught_up_s'], 1)} |")
