@@ -31,7 +31,7 @@
 import http from 'k6/http';
 import { sleep } from 'k6';
 import { Counter } from 'k6/metrics';
-import { journey, redirectMix, perRoute, onResponse } from './lib.js';
+import { journey, redirectMix, perRoute, onResponse, tagEach } from './lib.js';
 
 const PRESETS = {
   replica: { duration: '45s', schedule: '15s kill links-2' },
@@ -132,8 +132,13 @@ onResponse((res, tags) => {
   if (ackLog && tags.route === 'shorten' && res.status === 201) console.log(`ACK ${res.json('short_code')}`);
 });
 
+// Each request carries the phase of the moment it is sent.
+let t0 = 0;
+tagEach(() => ({ phase: phaseAt((Date.now() - t0) / 1000) }));
+
 export function load(data) {
-  const tags = { kind: 'load', phase: phaseAt((Date.now() - data.t0) / 1000) };
+  t0 = data.t0;
+  const tags = { kind: 'load' };
   if (mix === 'redirects') redirectMix(tags); else journey(0, tags);
   if (mix !== 'redirects' && pause > 0) sleep(pause);
 }

@@ -37,16 +37,21 @@ function pick() {
 const failover = (__ENV.FAILOVER || '1') !== '0' && bases.length > 1;
 
 // A hook that sees every final response and its tags (chaos.js counts
-// failures by phase and status with it).
+// failures by phase and status with it), and one that adds tags to every
+// request as it is sent (chaos.js: the phase at that moment).
 let hook = null;
 export function onResponse(fn) {
   hook = fn;
+}
+let tagger = null;
+export function tagEach(fn) {
+  tagger = fn;
 }
 
 export function send(method, path, body, params) {
   const [mine, other] = pick();
   const p = Object.assign({ redirects: 0 }, params || {});
-  p.tags = Object.assign({ attempt: 'first' }, p.tags || {});
+  p.tags = Object.assign({ attempt: 'first' }, p.tags || {}, tagger ? tagger() : {});
   let res = http.request(method, `${mine}${path}`, body, p);
   if (res.status === 0 && failover) {
     p.tags = Object.assign({}, p.tags, { attempt: 'failover' });
