@@ -168,6 +168,7 @@ fn kill_matrix_short() {
             "broker" => {
                 assert_eq!(n("failed"), 0, "broker outage: failed requests\n{log}");
                 assert_eq!(n("redirect_failures"), 0, "{log}");
+                assert_eq!(n("known_redirect_failures"), 0, "{log}");
                 assert!(
                     r["other_restarts"].as_array().unwrap().is_empty(),
                     "the broker outage made the watchdog restart {}\n{log}",
