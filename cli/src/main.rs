@@ -164,8 +164,7 @@ fn main() -> ExitCode {
             if let Some(e) = &cli.telemetry.otlp_endpoint {
                 child_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), e.clone()));
             }
-            shortlink_ops::ha::run_ha(args.ha, backends, args.links.bus, args.seed, child_env)
-                .await
+            shortlink_ops::ha::run_ha(args.ha, backends, args.links.bus, args.seed, child_env).await
         }),
         Command::Up(args) => up(&runtime, &cli.telemetry, args),
         // No telemetry: a healthcheck runs every few seconds and its only

@@ -143,7 +143,13 @@ pub fn exit_with_supervisor() {
                     break;
                 }
             }
-            eprintln!("shortlink: the supervisor (pid {supervisor}) is gone; shutting down");
+            // stderr is most likely a pipe to the dead supervisor: a failed
+            // write must not end this thread (eprintln! would panic).
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("shortlink: the supervisor (pid {supervisor}) is gone; shutting down\n")
+                    .as_bytes(),
+            );
             let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGTERM);
             std::thread::sleep(std::time::Duration::from_secs(30));
             std::process::exit(1);

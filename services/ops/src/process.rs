@@ -390,7 +390,11 @@ impl Backend for ProcessBackend {
             Signal::Kill => send(NixSignal::SIGKILL),
             Signal::Pause | Signal::Resume => {
                 let stop = signal == Signal::Pause;
-                send(if stop { NixSignal::SIGSTOP } else { NixSignal::SIGCONT })?;
+                send(if stop {
+                    NixSignal::SIGSTOP
+                } else {
+                    NixSignal::SIGCONT
+                })?;
                 // Delivery is asynchronous: return once /proc shows it, so
                 // that the answer to the action shows the new state.
                 for _ in 0..100 {
