@@ -515,6 +515,7 @@ class Matrix:
         with open(os.path.join(self.work, "k6-profile.log"), "w") as f:
             k6 = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
         time.sleep(3)  # ramp and warm-up excluded
+        pids = self.pids()  # again: the pools open PostgreSQL backends under load
         pids["k6"] = [k6.pid]
         s0, t0 = self.sample(pids), time.time()
         busy0 = cpu_busy()
