@@ -94,12 +94,20 @@ fn k6_scripts_pass_inspect() {
     }
     inspect(
         "k6/chaos.js",
-        &[("SCHEDULE", "5s kill links-2; 9s mark back"), ("DURATION", "12s")],
+        &[
+            ("SCHEDULE", "5s kill links-2; 9s mark back"),
+            ("DURATION", "12s"),
+        ],
     );
     // A bad schedule is refused, not run.
     let out = k6()
         .current_dir(root())
-        .args(["inspect", "-e", "SCHEDULE=5s explode links-2", "k6/chaos.js"])
+        .args([
+            "inspect",
+            "-e",
+            "SCHEDULE=5s explode links-2",
+            "k6/chaos.js",
+        ])
         .output()
         .expect("run k6 inspect");
     assert!(!out.status.success(), "a bad action must fail the script");
@@ -116,7 +124,14 @@ fn kill_matrix_short() {
     let base = 30_000 + (std::process::id() % 150) as u16 * 200;
     let out = Command::new("python3")
         .current_dir(root())
-        .args(["scripts/kill_matrix.py", "--bin", BIN, "--tansu", &tansu, "--short"])
+        .args([
+            "scripts/kill_matrix.py",
+            "--bin",
+            BIN,
+            "--tansu",
+            &tansu,
+            "--short",
+        ])
         .arg("--port-base")
         .arg(base.to_string())
         .arg("--json")
@@ -135,10 +150,23 @@ fn kill_matrix_short() {
     assert_eq!(rows.len(), 2, "{log}");
     for r in rows {
         let fault = r["fault"].as_str().unwrap();
-        let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{fault}: {k} missing: {r}\n{log}"));
-        assert_eq!(n("acked_writes_lost"), 0, "{fault}: acknowledged writes lost\n{log}");
-        assert!(n("acked_writes") > 0, "{fault}: no write was acknowledged\n{log}");
-        assert!(r["time_to_normal_s"].is_number(), "{fault}: never back to normal\n{log}");
+        let n = |k: &str| {
+            r[k].as_u64()
+                .unwrap_or_else(|| panic!("{fault}: {k} missing: {r}\n{log}"))
+        };
+        assert_eq!(
+            n("acked_writes_lost"),
+            0,
+            "{fault}: acknowledged writes lost\n{log}"
+        );
+        assert!(
+            n("acked_writes") > 0,
+            "{fault}: no write was acknowledged\n{log}"
+        );
+        assert!(
+            r["time_to_normal_s"].is_number(),
+            "{fault}: never back to normal\n{log}"
+        );
         assert_eq!(
             n("clicks_recorded"),
             n("redirects_served"),
