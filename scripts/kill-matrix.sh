@@ -31,6 +31,6 @@ args=("$@")
 full=1
 for a in "$@"; do case "$a" in --short|--faults|--faults=*|--doc|--doc=*) full=0 ;; esac; done
 # The full matrix regenerates the measured table of docs/FAILURE_MODES.md.
-if [ "$full" = 1 ]; then args+=(--doc docs/FAILURE_MODES.md --json docs/kill-matrix.json); fi
+if [ "$full" = 1 ]; then args+=(--doc docs/FAILURE_MODES.md --capacity-doc docs/CAPACITY.md --json docs/kill-matrix.json); fi
 export KILL_MATRIX_COMMAND="./scripts/kill-matrix.sh${*:+ $*}"
 exec python3 scripts/kill_matrix.py --bin "$bin" --tansu "$tansu" "${args[@]}"

@@ -802,7 +802,7 @@ def fmt_profile(result):
     return "\n".join(lines)
 
 
-def write_doc(path, result):
+def write_doc(path, result, body=None):
     begin, end = "<!-- kill-matrix:begin -->", "<!-- kill-matrix:end -->"
     with open(path) as f:
         doc = f.read()
@@ -811,13 +811,33 @@ def write_doc(path, result):
     head, rest = doc.split(begin, 1)
     _, tail = rest.split(end, 1)
     with open(path, "w") as f:
-        f.write(f"{head}{begin}\n{fmt_table(result)}\n{fmt_profile(result)}\n{end}{tail}")
+        if body is None:
+            body = f"{fmt_table(result)}\n{fmt_profile(result)}"
+        f.write(f"{head}{begin}\n{body}\n{end}{tail}")
+
+
+def fmt_capacity(result):
+    """The kill matrix's numbers that docs/CAPACITY.md carries."""
+    lines = [f"From the kill matrix of {result['date']} ({result['load']}; `{result['command']}`)."]
+    lines.append(fmt_profile(result))
+    sizes = result.get("db_sizes") or {}
+    if sizes:
+        lines += ["", "App database after the matrix (table, indexes and TOAST):", "",
+                  "| table | rows | bytes | bytes per row |", "|---|---:|---:|---:|"]
+        for name, v in sizes.items():
+            if v["rows"] > 0:
+                lines.append(f"| {name} | {v['rows']} | {v['bytes']} | {v['bytes'] // max(1, v['rows'])} |")
+    p = result.get("profile") or {}
+    if p.get("broker_bytes_per_request") is not None:
+        lines += ["", f"Broker storage written per request of this mix (tansu, SQLite file and WAL): "
+                      f"{p['broker_bytes_per_request']} bytes."]
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", required=True, help="the shortlink binary")
-    ap.add_argument("--tansu", required=True, help="the tansu binary (./scripts/kafka.sh path)")
+    ap.add_argument("--bin", help="the shortlink binary (required)")
+    ap.add_argument("--tansu", help="the tansu binary, ./scripts/kafka.sh path (required)")
     ap.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of: {', '.join(FAULTS)}")
     ap.add_argument("--short", action="store_true", help=f"the CI version: {', '.join(SHORT)}, short phases, light load")
     ap.add_argument("--vus", type=int, default=100)
@@ -832,8 +852,20 @@ def main():
     ap.add_argument("--port-base", type=int, default=27000)
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--doc", help="write the measured table into this markdown file (between the markers)")
+    ap.add_argument("--capacity-doc", help="write the profile and sizes into this markdown file (between the markers)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--from-json", help="only re-render --doc/--capacity-doc from a saved result")
     a = ap.parse_args()
+    if a.from_json:
+        with open(a.from_json) as f:
+            saved = json.load(f)
+        if a.doc:
+            write_doc(a.doc, saved)
+        if a.capacity_doc:
+            write_doc(a.capacity_doc, saved, fmt_capacity(saved))
+        return 0
+    if not a.bin or not a.tansu:
+        die("--bin and --tansu are required")
     if a.short:
         a.faults = ",".join(SHORT)
         a.vus, a.pre, a.fault_s, a.post, a.catchup, a.profile = min(a.vus, 20), 5, 10, 8, 60, 0
@@ -876,6 +908,8 @@ def main():
                 json.dump(result, f, indent=1)
         if a.doc:
             write_doc(a.doc, result)
+        if a.capacity_doc:
+            write_doc(a.capacity_doc, result, fmt_capacity(result))
         print(fmt_table(result))
         print(fmt_profile(result))
     except SystemExit as e:
