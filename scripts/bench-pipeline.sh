@@ -61,7 +61,7 @@ log "k6 $tier for $dur"
 t0=$(date +%s.%N)
 codes=$(awk -F, 'NR>1 && $6=="True" && n<200 {printf "%s%s", (n++ ? "," : ""), $3}' ../shared/seed-data/urls.csv)
 k6 run --quiet -e TIER="$tier" -e DURATION="$dur" -e BASE=http://127.0.0.1:18090 -e CODES="$codes" \
-  --summary-export "$work/k6.json" k6/tiers.js > "$work/k6.txt" 2>&1 || true
+  --summary-export "$work/k6.json" k6/redirects.js > "$work/k6.txt" 2>&1 || true
 t1=$(date +%s.%N)
 pub1=$(metric 'shortlink_bus_events_published_total')
 ack1=$(metric 'shortlink_bus_events_delivered_total{result="ok"')

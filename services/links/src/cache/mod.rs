@@ -37,6 +37,14 @@ pub trait Cache: Send + Sync + 'static {
     async fn get(&self, code: &str) -> Result<Option<Cached>, CacheError>;
     async fn put(&self, code: &str, value: &Cached, ttl: Duration) -> Result<(), CacheError>;
     async fn invalidate(&self, code: &str) -> Result<(), CacheError>;
+    /// Deletes the entry only if it is negative ("no such code"). The
+    /// second invalidation after a create uses it: a resolution that read
+    /// "not found" before the commit may have cached that, but a positive
+    /// entry written since is right and must stay (it is what keeps the
+    /// link redirecting while the database is down).
+    async fn invalidate_missing(&self, code: &str) -> Result<(), CacheError> {
+        self.invalidate(code).await
+    }
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), CacheError>;
 }

@@ -80,6 +80,23 @@ impl Cache for RedisCache {
             .await
     }
 
+    async fn invalidate_missing(&self, code: &str) -> Result<(), CacheError> {
+        let key = self.key(code);
+        let missing = encode(&Cached::Missing);
+        // One atomic step: a positive entry written meanwhile stays.
+        self.run(|mut c| async move {
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+            .key(key)
+            .arg(missing)
+            .invoke_async::<i64>(&mut c)
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn ping(&self) -> Result<(), CacheError> {
         self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
