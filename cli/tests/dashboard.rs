@@ -443,7 +443,11 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
     .await;
     let tl = b.text_of("#timeline").await;
     assert!(
-        tl.contains("load test started: bronze") && tl.contains("load test finished: bronze"),
+        // k6's thresholds (bronze: p95 under 300 ms) may fail on a loaded
+        // machine with a debug build; the run still finishes and says so.
+        tl.contains("load test started: bronze")
+            && (tl.contains("load test finished: bronze")
+                || tl.contains("load test finished (thresholds failed): bronze")),
         "{tl}"
     );
 

@@ -538,9 +538,12 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
         slowest = slowest.max(s);
     }
     println!("pause: slowest request {slowest:?}; {failed} of {total} failed");
+    // The edge answers at its 1 s upstream timeout; what the client sees
+    // on top is its own and the edge's scheduling on a loaded 2-core
+    // machine. Twice the timeout would mean a timed-out call was retried.
     assert!(
-        slowest < Duration::from_millis(1000 + 500),
-        "a request waited {slowest:?}, longer than the upstream timeout (1 s)"
+        slowest < Duration::from_millis(1900),
+        "a request waited {slowest:?}: more than the upstream timeout (1 s) allows"
     );
     // Requests already sent to the replica when it hung, and those sent to
     // it before the health checks ejected it, are answered 504 at the
