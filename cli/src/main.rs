@@ -44,6 +44,9 @@ enum Command {
     Alerter(shortlink_consumers::alerter::AlerterArgs),
     /// Consume events: ring buffer and per-minute aggregates in the dashboard database.
     DashboardIngest(shortlink_consumers::dashboard::DashboardIngestArgs),
+    /// The ops dashboard (golden signals, live logs, errors, load tests,
+    /// incidents, chaos), hosting the dashboard ingest on its own database.
+    Dashboard(shortlink_dashboard::DashboardArgs),
     /// Consume events: click events and per-link counts into the app database.
     Analytics(shortlink_consumers::analytics::AnalyticsArgs),
     /// Apply the database migrations and exit.
@@ -201,6 +204,7 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
         Command::Alerter(_) => "alerter",
         Command::DashboardIngest(_) => "dashboard-ingest",
         Command::Analytics(_) => "analytics",
+        Command::Dashboard(_) => "dashboard",
         Command::Migrate(_) => "migrate",
         Command::Import(_) => "import",
         Command::Watchdog(_) => "watchdog",
@@ -250,6 +254,15 @@ async fn run(command: Command, tel: &TelemetryArgs) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Dashboard(a) => {
+            let group = a.group.clone();
+            let metrics = shortlink_runtime::metrics::Metrics::new("dashboard", "dashboard");
+            let m = metrics.clone();
+            consume_with("dashboard", &group, metrics, |bus, s| {
+                shortlink_dashboard::run(a, bus, m, s)
+            })
+            .await
+        }
         Command::Migrate(db) => {
             let cfg = db.store_config()?;
             let backend = shortlink_links::store::migrate(&cfg).await?;
@@ -294,8 +307,27 @@ where
     F: FnOnce(std::sync::Arc<dyn shortlink_bus::EventBus>, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    consume_with(
+        kind,
+        group,
+        shortlink_runtime::metrics::Metrics::new(kind, kind),
+        f,
+    )
+    .await
+}
+
+/// [`consume`] with the component's own metrics registry.
+async fn consume_with<F, Fut>(
+    kind: &str,
+    group: &shortlink_consumers::GroupArgs,
+    metrics: std::sync::Arc<shortlink_runtime::metrics::Metrics>,
+    f: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(std::sync::Arc<dyn shortlink_bus::EventBus>, Shutdown) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let bus_args = &group.bus;
-    let metrics = shortlink_runtime::metrics::Metrics::new(kind, kind);
     let bus = shortlink_bus::connect(bus_args, &metrics)?;
     let topics = shortlink_bus::Topics::with_prefix(&bus_args.topic_prefix);
     let shutdown = Shutdown::new();
@@ -336,6 +368,13 @@ struct ConsumersFromEnv {
     alerter: shortlink_consumers::alerter::AlerterArgs,
 }
 
+/// Dashboard settings for `up`, read from the environment only.
+#[derive(Debug, Parser)]
+struct DashboardFromEnv {
+    #[command(flatten)]
+    dashboard: shortlink_dashboard::DashboardArgs,
+}
+
 /// The all-in-one: the links service on the tokio runtime, the edge on this
 /// thread in front of it. A signal stops the edge (Pingora handles it), and
 /// the links service is stopped after it.
@@ -360,6 +399,26 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
         metrics_addr: None,
     };
     let data_dir = links_cfg.db.data_dir.clone();
+    // The dashboard (with the ingest) on the embedded dashboard database
+    // beside the app's, unless DASHBOARD_DATABASE_URL says otherwise; its
+    // load tests target this edge unless DASHBOARD_EDGES says otherwise.
+    // DASHBOARD_ADDR=off leaves it out.
+    let dashboard_args = if std::env::var("DASHBOARD_ADDR").is_ok_and(|a| a == "off") {
+        None
+    } else {
+        let mut d = DashboardFromEnv::try_parse_from(["up"])
+            .map_err(|e| ConfigError::new(format!("dashboard settings: {e}")))?
+            .dashboard;
+        d.group = group.clone();
+        if std::env::var_os("DASHBOARD_DATABASE_URL").is_none() {
+            d.dashboard_database_url =
+                format!("sqlite://{}/dashboard.db?mode=rwc", data_dir.display());
+        }
+        if std::env::var_os("DASHBOARD_EDGES").is_none() {
+            d.edges = vec![format!("http://{}", edge.http_addr)];
+        }
+        Some(d)
+    };
     if !matches!(args.bus_metrics_addr.as_str(), "off" | "none" | "") {
         let addr: std::net::SocketAddr = args.bus_metrics_addr.parse().map_err(|e| {
             ConfigError::new(format!("BUS_METRICS_ADDR {:?}: {e}", args.bus_metrics_addr))
@@ -385,7 +444,7 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
     })?;
     edge.upstreams = vec![app.grpc_addr().to_string()];
     {
-        use shortlink_consumers::{alerter, analytics, dashboard, log_printer};
+        use shortlink_consumers::{alerter, analytics, log_printer};
         let _guard = runtime.enter();
         let s = shutdown.clone();
         let spawn =
@@ -437,25 +496,17 @@ fn up(runtime: &tokio::runtime::Runtime, tel: &TelemetryArgs, args: UpArgs) -> a
                 s.clone(),
             )),
         );
-        spawn(
-            "dashboard-ingest",
-            Box::pin(dashboard::run(
-                dashboard::DashboardIngestArgs {
-                    group: group.clone(),
-                    dashboard_database_url: std::env::var("DASHBOARD_DATABASE_URL").unwrap_or_else(
-                        |_| format!("sqlite://{}/dashboard.db?mode=rwc", data_dir.display()),
-                    ),
-                    http_addr: std::env::var("DASHBOARD_INGEST_HTTP_ADDR")
-                        .ok()
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or_else(|| "127.0.0.1:9184".parse().expect("valid address")),
-                    ring_size: 1000,
-                    raw_retention_h: 6,
-                },
-                bus.clone(),
-                s.clone(),
-            )),
-        );
+        if let Some(d) = dashboard_args {
+            spawn(
+                "dashboard",
+                Box::pin(shortlink_dashboard::run(
+                    d,
+                    bus.clone(),
+                    shortlink_runtime::metrics::Metrics::new("dashboard", "up"),
+                    s.clone(),
+                )),
+            );
+        }
     }
     tracing::info!(grpc = %app.grpc_addr(), http = %edge.http_addr, "shortlink is up");
     let links = runtime.spawn(app.run_until_stopped(shutdown.clone()));

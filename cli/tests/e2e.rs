@@ -211,7 +211,7 @@ async fn up_runs_links_and_edge_on_the_embedded_default_with_the_seed() {
                 format!("127.0.0.1:{}", shortlink_testkit::free_port()),
             ),
             (
-                "DASHBOARD_INGEST_HTTP_ADDR",
+                "DASHBOARD_ADDR",
                 format!("127.0.0.1:{}", shortlink_testkit::free_port()),
             ),
             (

@@ -124,7 +124,7 @@ fn prometheus_and_alertmanager_configs_check_and_every_rule_unit_test_passes() {
     // The file_sd target files of `shortlink up` (those of `up --ha` are
     // written by its watchdog; cli/tests/supervision.rs reads them).
     for sub in ["targets"] {
-        for job in ["edge", "links", "admin", "consumers"] {
+        for job in ["edge", "links", "admin", "consumers", "dashboard"] {
             let p = dir.join(sub).join(format!("{job}.json"));
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -567,7 +567,7 @@ async fn live_metrics_of_every_component_are_lint_clean_and_cover_rules_and_dash
             ("EDGE_METRICS_ADDR", addr(4)),
             ("EDGE_CERT_DIR", dir.join("tls").display().to_string()),
             ("ALERTER_HTTP_ADDR", addr(5)),
-            ("DASHBOARD_INGEST_HTTP_ADDR", addr(6)),
+            ("DASHBOARD_ADDR", addr(6)),
             ("BUS_METRICS_ADDR", addr(7)),
         ],
     );

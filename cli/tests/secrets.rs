@@ -37,6 +37,16 @@ const SECRETS: &[(&str, &str, &str)] = &[
         "postgres://dash:dashsecret5@127.0.0.1:1/dash",
         "dashsecret5",
     ),
+    (
+        "DASHBOARD_TOKEN",
+        "dashtoken-secret-6-0123456789",
+        "dashtoken-secret-6",
+    ),
+    (
+        "WATCHDOG_TOKEN",
+        "watchdogtoken-secret-7-0123456789",
+        "watchdogtoken-secret-7",
+    ),
 ];
 
 fn run(args: &[&str], extra: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -78,6 +88,7 @@ fn help_never_shows_secret_values_from_the_environment() {
         "admin",
         "alerter",
         "dashboard-ingest",
+        "dashboard",
         "analytics",
         "log-printer",
         "migrate",
@@ -97,6 +108,9 @@ fn help_never_shows_secret_values_from_the_environment() {
     assert!(text.contains("[env: ADMIN_TOKEN]"), "{text}");
     let (_, text) = run(&["alerter", "--help"], &[]);
     assert!(text.contains("[env: ALERT_WEBHOOK_URLS]"), "{text}");
+    let (_, text) = run(&["dashboard", "--help"], &[]);
+    assert!(text.contains("[env: DASHBOARD_TOKEN]"), "{text}");
+    assert!(text.contains("[env: WATCHDOG_TOKEN]"), "{text}");
     // A value that is no secret is still shown.
     let (_, text) = run(&["links", "--help"], &[("CACHE_PREFIX", "visible-prefix:")]);
     assert!(text.contains("visible-prefix:"), "{text}");
@@ -125,6 +139,10 @@ fn start_up_failures_do_not_print_passwords() {
     let (code, text) = run(&["dashboard-ingest"], &[]);
     assert_ne!(code, Some(0));
     assert_no_secret("dashboard-ingest failing", &text);
+    // Nor can the dashboard.
+    let (code, text) = run(&["dashboard"], &[("DASHBOARD_ADDR", "127.0.0.1:0")]);
+    assert_ne!(code, Some(0));
+    assert_no_secret("dashboard failing", &text);
 }
 
 #[tokio::test]

@@ -116,6 +116,8 @@ impl Ha {
             ("WATCHDOG_TOKEN", token.clone()),
             ("WATCHDOG_CHECK_INTERVAL_MS", "300".into()),
             ("LOG_LEVEL", "info".into()),
+            // The dashboard component, off its default port 3000.
+            ("DASHBOARD_ADDR", format!("127.0.0.1:{}", port(92))),
         ];
         envs.extend(extra.iter().cloned());
         let args = [
@@ -224,10 +226,9 @@ impl Timed {
                             break;
                         }
                         let t = Instant::now();
-                        let status = match tokio::net::TcpStream::connect(edge).await {
-                            Ok(_) => http(edge, "GET", &path, &[], b"").await.status,
-                            Err(_) => 0,
-                        };
+                        // A refused or reset connection is a failure (status 0),
+                        // counted like any other.
+                        let status = get_status(edge, &path).await;
                         slowest = slowest.max(t.elapsed());
                         total += 1;
                         done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -267,6 +268,24 @@ impl Timed {
         }
         r
     }
+}
+
+/// `GET path`: the status, or 0 when the connection fails at any point.
+async fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// Collects the OpsEvents of a topic prefix.
@@ -373,7 +392,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
         "admin",
         "analytics",
         "log-printer",
-        "dashboard-ingest",
+        "dashboard",
         "alerter",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
@@ -578,20 +597,9 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
 /// `GET path` answers 200; any connection error is a no (the process may
 /// be dying or starting).
 async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        Some(buf.starts_with(b"HTTP/1.1 200"))
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
+    tokio::time::timeout(Duration::from_secs(2), get_status(addr, path))
         .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+        .is_ok_and(|s| s == 200)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@
 //! (least in-flight selection, health checks, ejection, retries),
 //! `discovery` (`dns://` upstreams re-resolved into the replica set),
 //! `identity` (who a request comes from: peer and `X-Forwarded-For`),
-//! `resolve_cache` (the redirect path's own cache of resolutions), `limits`
+//! `resolve_cache` (the redirect path's own cache of resolutions), `front`
+//! (the public front page at `/`), `limits`
 //! (rate limits and ban escalation), `tls` (certificates), `proxy` (the
 //! Pingora phases), `conn` (connection caps, header deadline, keep-alive
 //! and HTTP/2 limits), `metrics`, `config` and `app` (start-up).
@@ -16,6 +17,7 @@ pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod discovery;
+pub mod front;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

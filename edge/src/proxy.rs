@@ -146,6 +146,7 @@ impl Edge {
                 r
             }
             Local::OpenApi => api::openapi::reply(),
+            Local::Home => crate::front::reply(),
             Local::Health => {
                 let store = self.guard.store();
                 let status = if healthy == total && store.redis_up() {

@@ -259,10 +259,12 @@ mod tests {
 
     #[test]
     fn one_reader_refreshes_a_half_expired_entry_and_the_others_keep_the_value() {
-        let c = ResolveCache::new(100, Duration::from_millis(200)).unwrap();
+        // Wide margins: a loaded CI machine can deschedule this thread for
+        // a good fraction of a second between a sleep and the lookup.
+        let c = ResolveCache::new(100, Duration::from_millis(2000)).unwrap();
         c.put("abc", found("https://a"), Instant::now());
         assert_eq!(c.lookup("abc"), Lookup::Fresh(found("https://a")));
-        std::thread::sleep(Duration::from_millis(110));
+        std::thread::sleep(Duration::from_millis(1050));
         assert_eq!(c.lookup("abc"), Lookup::Refresh(found("https://a")));
         for _ in 0..10 {
             assert_eq!(c.lookup("abc"), Lookup::Fresh(found("https://a")));
@@ -271,7 +273,7 @@ mod tests {
         c.put("abc", found("https://b"), Instant::now());
         assert_eq!(c.lookup("abc"), Lookup::Fresh(found("https://b")));
         // A failed refresh hands the job to the next reader.
-        std::thread::sleep(Duration::from_millis(110));
+        std::thread::sleep(Duration::from_millis(1050));
         assert_eq!(c.lookup("abc"), Lookup::Refresh(found("https://b")));
         c.refresh_failed("abc");
         assert_eq!(c.lookup("abc"), Lookup::Refresh(found("https://b")));

@@ -83,43 +83,6 @@ pub async fn os_signal() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn every_clone_sees_the_trigger() {
-        let s = Shutdown::new();
-        let c = s.clone();
-        let waiter = tokio::spawn(async move { c.wait().await });
-        assert!(!s.is_triggered());
-        s.trigger();
-        waiter.await.unwrap();
-        assert!(s.is_triggered());
-    }
-
-    #[tokio::test]
-    async fn a_child_fires_with_its_parent_but_not_the_other_way() {
-        let parent = Shutdown::new();
-        let a = parent.child();
-        let b = parent.child();
-        a.trigger();
-        assert!(a.is_triggered());
-        assert!(!parent.is_triggered() && !b.is_triggered());
-        parent.trigger();
-        b.wait().await;
-    }
-
-    #[tokio::test]
-    async fn dropping_the_guard_fires() {
-        let s = Shutdown::new();
-        let guard = s.drop_guard();
-        assert!(!s.is_triggered());
-        drop(guard);
-        s.wait().await;
-    }
-}
-
 /// Under a supervisor (`shortlink up --ha` sets `SHORTLINK_SUPERVISOR_PID`
 /// in each child's environment): when the supervisor dies, even by
 /// SIGKILL, this process gets SIGTERM, stops gracefully like on any other
@@ -156,5 +119,42 @@ pub fn exit_with_supervisor() {
         });
     if let Err(e) = spawned {
         eprintln!("shortlink: cannot watch the supervisor: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_clone_sees_the_trigger() {
+        let s = Shutdown::new();
+        let c = s.clone();
+        let waiter = tokio::spawn(async move { c.wait().await });
+        assert!(!s.is_triggered());
+        s.trigger();
+        waiter.await.unwrap();
+        assert!(s.is_triggered());
+    }
+
+    #[tokio::test]
+    async fn a_child_fires_with_its_parent_but_not_the_other_way() {
+        let parent = Shutdown::new();
+        let a = parent.child();
+        let b = parent.child();
+        a.trigger();
+        assert!(a.is_triggered());
+        assert!(!parent.is_triggered() && !b.is_triggered());
+        parent.trigger();
+        b.wait().await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_guard_fires() {
+        let s = Shutdown::new();
+        let guard = s.drop_guard();
+        assert!(!s.is_triggered());
+        drop(guard);
+        s.wait().await;
     }
 }

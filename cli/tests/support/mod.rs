@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub mod webdriver;
+
 use shortlink_testkit::{free_port, http_get};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shortlink");

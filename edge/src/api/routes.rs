@@ -26,6 +26,7 @@ pub enum Route {
     Ready,
     Metrics,
     OpenApi,
+    Home,
     Redirect,
     NotFound,
 }
@@ -48,6 +49,7 @@ impl Route {
             Route::Ready => "/ready",
             Route::Metrics => "/metrics",
             Route::OpenApi => "/openapi.json",
+            Route::Home => "/",
             Route::Redirect => "/{short_code}",
             Route::NotFound => "unmatched",
         }
@@ -81,6 +83,8 @@ pub enum Local {
     /// The API contract (`docs/openapi.yaml` as JSON); rate limited like
     /// the API, since it is not a health path.
     OpenApi,
+    /// The public front page (`/`): the shorten form.
+    Home,
 }
 
 /// How a route and method are answered.
@@ -147,6 +151,7 @@ pub static ROUTES: &[RouteDef] = &[
     local(Route::Ready, Method::GET, Local::Ready),
     local(Route::Metrics, Method::GET, Local::Metrics),
     local(Route::OpenApi, Method::GET, Local::OpenApi),
+    local(Route::Home, Method::GET, Local::Home),
     api(Route::Redirect, Method::GET, links::redirect),
 ];
 
@@ -200,6 +205,7 @@ pub fn route(path: &str) -> Routed {
         ("ready", None, None) => plain(Route::Ready),
         ("metrics", None, None) => plain(Route::Metrics),
         ("openapi.json", None, None) => plain(Route::OpenApi),
+        ("", None, None) => plain(Route::Home),
         (code, None, None) if !code.is_empty() && code.len() <= MAX_CODE_SEGMENT => Routed {
             route: Route::Redirect,
             id: None,
@@ -261,7 +267,7 @@ mod tests {
         assert_eq!(route("/users/bulk").route, Route::UsersBulk);
         assert_eq!(route("/openapi.json").route, Route::OpenApi);
         assert_eq!(route("/Ab12Cd").code.as_deref(), Some("Ab12Cd"));
-        assert_eq!(route("/").route, Route::NotFound);
+        assert_eq!(route("/").route, Route::Home);
         assert_eq!(route("").route, Route::NotFound);
         assert_eq!(route("/a/b/c/d").route, Route::NotFound);
         assert_eq!(
@@ -287,6 +293,7 @@ mod tests {
             Route::Ready,
             Route::Metrics,
             Route::OpenApi,
+            Route::Home,
             Route::Redirect,
         ] {
             assert!(

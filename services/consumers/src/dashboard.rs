@@ -49,7 +49,8 @@ pub struct DashboardIngestArgs {
     pub raw_retention_h: i64,
 }
 
-const SCHEMA: &[&str] = &[
+/// The ingest's tables (created if missing).
+pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS dash_requests (request_id TEXT PRIMARY KEY, minute TEXT NOT NULL, \
      route TEXT NOT NULL, status INTEGER NOT NULL, duration_ms DOUBLE PRECISION NOT NULL)",
     "CREATE INDEX IF NOT EXISTS dash_requests_minute_idx ON dash_requests (minute)",
@@ -79,7 +80,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn write(pool: &AnyPool, events: &[RequestEvent]) -> anyhow::Result<()> {
+/// Stores request events and recomputes the aggregates of the minutes
+/// they fall in (idempotent: a redelivered event changes nothing).
+pub async fn write(pool: &AnyPool, events: &[RequestEvent]) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     let mut minutes = BTreeSet::new();
     for e in events {
@@ -188,27 +191,49 @@ async fn recent(
     axum::Json(json!({"events": items}))
 }
 
+/// Opens the dashboard database (creating a SQLite file's directory) with
+/// at most `max_connections`, and creates the ingest's tables.
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
+    {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open DASHBOARD_DATABASE_URL: {e}"))?;
+    for stmt in SCHEMA {
+        sqlx::query(*stmt).execute(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// Deletes raw request events and error samples older than `hours`.
+pub async fn prune(pool: &AnyPool, hours: i64) {
+    let cutoff = (chrono::Utc::now() - chrono::Duration::hours(hours))
+        .format("%Y-%m-%dT%H:%M:00Z")
+        .to_string();
+    let _ = sqlx::query("DELETE FROM dash_requests WHERE minute < $1")
+        .bind(&cutoff)
+        .execute(pool)
+        .await;
+    let _ = sqlx::query("DELETE FROM dash_error_samples WHERE time < $1")
+        .bind(&cutoff)
+        .execute(pool)
+        .await;
+}
+
 /// Runs until shutdown.
 pub async fn run(
     args: DashboardIngestArgs,
     bus: Arc<dyn EventBus>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    sqlx::any::install_default_drivers();
-    if let Some(path) = args.dashboard_database_url.strip_prefix("sqlite://")
-        && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-    {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&args.dashboard_database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open DASHBOARD_DATABASE_URL: {e}"))?;
-    for stmt in SCHEMA {
-        sqlx::query(*stmt).execute(&pool).await?;
-    }
+    let pool = open(&args.dashboard_database_url, 2).await?;
     let ring = Ring(Arc::new(Mutex::new(VecDeque::new())));
     let app = Router::new()
         .route("/recent", axum::routing::get(recent))
@@ -259,17 +284,7 @@ pub async fn run(
         commit_batch(&mut sub, &batch).await;
         if last_prune.elapsed() > Duration::from_secs(300) {
             last_prune = std::time::Instant::now();
-            let cutoff = (chrono::Utc::now() - chrono::Duration::hours(args.raw_retention_h))
-                .format("%Y-%m-%dT%H:%M:00Z")
-                .to_string();
-            let _ = sqlx::query("DELETE FROM dash_requests WHERE minute < $1")
-                .bind(&cutoff)
-                .execute(&pool)
-                .await;
-            let _ = sqlx::query("DELETE FROM dash_error_samples WHERE time < $1")
-                .bind(&cutoff)
-                .execute(&pool)
-                .await;
+            prune(&pool, args.raw_retention_h).await;
         }
     }
     Ok(())

@@ -142,7 +142,7 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<BackupFile>> {
             });
         }
     }
-    out.sort_by(|a, b| b.taken.cmp(&a.taken));
+    out.sort_by_key(|f| std::cmp::Reverse(f.taken));
     Ok(out)
 }
 
@@ -527,7 +527,7 @@ pub struct BackupArgs {
     /// Directory the backups and their MANIFEST.sha256 are written to.
     #[arg(long, env = "BACKUP_DIR", default_value = "./backups")]
     pub dir: PathBuf,
-    /// Take one backup, prune, and exit.
+    /// Take one backup, prune, and exit (0, or 1 with the error).
     #[arg(long)]
     pub once: bool,
     /// Time between scheduled backups: a number with s, m, h or d.

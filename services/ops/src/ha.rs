@@ -153,9 +153,9 @@ pub struct HaArgs {
     #[arg(long, env = "HA_ADMIN_GRPC_PORT", default_value_t = 50051)]
     pub admin_grpc_port: u16,
     /// Side and metrics ports are numbered from here: edges +10.., links
-    /// +20.., admin +30, consumers +40.. (analytics, log-printer,
-    /// dashboard-ingest, alerter), alerter HTTP +50, ingest HTTP +51,
-    /// backup +60.
+    /// +20.., admin +30, consumers +40, +41, +43 (analytics, log-printer,
+    /// alerter), alerter HTTP +50, backup +60. The dashboard (which hosts
+    /// the dashboard ingest) listens on DASHBOARD_ADDR, default port 3000.
     #[arg(long, env = "HA_SIDE_PORT_BASE", default_value_t = 9200)]
     pub side_port_base: u16,
     /// Watchdog control API.
@@ -239,6 +239,7 @@ pub fn topology(
     a: &HaArgs,
     b: &Backends,
     admin_token: &str,
+    watchdog_token: &str,
 ) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Target>, Vec<String>)> {
     let database_url = require(
         &b.database_url,
@@ -414,35 +415,29 @@ pub fn topology(
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("sqlite://{}/dashboard.db?mode=rwc", dir.display()));
-    let consumers: [(&str, Vec<String>, Option<SocketAddr>); 4] = [
+    // (name, side-port offset of its metrics, extra flags, its HTTP port).
+    let consumers: [(&str, u16, Vec<String>, Option<SocketAddr>); 3] = [
         (
             "analytics",
+            40,
             vec!["--links-addr".into(), links_grpc[0].to_string()],
             None,
         ),
         (
             "log-printer",
+            41,
             vec!["--min-level".into(), "warn".into()],
             None,
         ),
         (
-            "dashboard-ingest",
-            vec![
-                "--http-addr".into(),
-                side(51).to_string(),
-                "--dashboard-database-url".into(),
-                dashboard_db,
-            ],
-            Some(side(51)),
-        ),
-        (
             "alerter",
+            43,
             vec!["--http-addr".into(), side(50).to_string()],
             Some(side(50)),
         ),
     ];
-    for (i, (name, extra, http)) in consumers.into_iter().enumerate() {
-        let metrics = side(40 + i as u16);
+    for (name, offset, extra, http) in consumers {
+        let metrics = side(offset);
         let mut args = vec![
             name.to_owned(),
             "--metrics-addr".into(),
@@ -463,6 +458,48 @@ pub fn topology(
             },
             http.map(|h| format!("http {h}"))
                 .unwrap_or_else(|| "-".into()),
+            &mut rows,
+            &mut targets,
+        );
+    }
+    {
+        // The ops dashboard hosts the dashboard ingest (D70), serves its
+        // pages, probes and /metrics on one port, and drives this
+        // watchdog's control API from its chaos panel. DASHBOARD_TOKEN,
+        // PROMETHEUS_URL and K6_BIN come from the environment.
+        let addr = std::env::var("DASHBOARD_ADDR")
+            .ok()
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| at(3000));
+        let edges = (0..a.edges)
+            .map(|i| format!("http://{}", at(a.edge_http_port + i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut env = shared.clone();
+        env.push(("WATCHDOG_TOKEN".into(), watchdog_token.to_owned()));
+        push(
+            ComponentSpec {
+                name: "dashboard".into(),
+                kind: "dashboard".into(),
+                program: None,
+                args: vec![
+                    "dashboard".into(),
+                    "--addr".into(),
+                    addr.to_string(),
+                    "--dashboard-database-url".into(),
+                    dashboard_db,
+                    "--watchdog-url".into(),
+                    format!("http://{}", a.watchdog_addr),
+                    "--edges".into(),
+                    edges,
+                ],
+                env,
+                check: live(addr),
+                metrics: Some(addr),
+                job: Some("dashboard".into()),
+                stop_order: 3,
+            },
+            format!("http {addr}"),
             &mut rows,
             &mut targets,
         );
@@ -695,10 +732,6 @@ pub async fn run_ha(
         Ok(t) if t.len() >= 16 => t,
         _ => token_file(&a.ha_data_dir, "admin-token")?.0,
     };
-    let (mut specs, mut targets, table) = topology(&a, &b, &admin_token)?;
-    for s in &mut specs {
-        s.env.extend(child_env.iter().cloned());
-    }
     let (token, token_note) = match a.ha_supervise.token.clone().filter(|t| !t.is_empty()) {
         Some(t) => (t, "WATCHDOG_TOKEN".to_owned()),
         None => {
@@ -706,6 +739,10 @@ pub async fn run_ha(
             (t, p.display().to_string())
         }
     };
+    let (mut specs, mut targets, table) = topology(&a, &b, &admin_token, &token)?;
+    for s in &mut specs {
+        s.env.extend(child_env.iter().cloned());
+    }
     targets.push(Target {
         job: "watchdog".into(),
         name: "watchdog".into(),
