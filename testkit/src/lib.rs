@@ -213,10 +213,29 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
 }
 
 /// A loopback port that was free a moment ago (for child processes that
-/// need a fixed address).
+/// need a fixed address), never one this process handed out before: the
+/// kernel may give a just-released port again, and one process given the
+/// same port for two of its listeners failed in ways that had nothing to
+/// do with the test.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
+        std::sync::Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(Default::default);
+    // Held until a new port turns up, so the kernel cannot offer them again.
+    let mut held = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        if given.insert(port) {
+            return port;
+        }
+        held.push(l);
+        assert!(
+            held.len() < 1000,
+            "no loopback port left that was not handed out"
+        );
+    }
 }
 
 /// An HTTP/1.1 response read by [`http`].
