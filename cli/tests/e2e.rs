@@ -283,6 +283,17 @@ fn bad_configuration_exits_64_with_a_clear_message() {
             "BREAKER_FAILURE_RATIO",
         ),
         (vec!["links", "--log-level", "[[["], "LOG_LEVEL"),
+        // Pingora aborted on a shared address ("IO Safety violation").
+        (
+            vec![
+                "edge",
+                "--http-addr",
+                "127.0.0.1:18555",
+                "--https-addr",
+                "127.0.0.1:18555",
+            ],
+            "share a port: every listener needs its own",
+        ),
     ] {
         let out = Command::new(BIN).args(&args).env_clear().output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

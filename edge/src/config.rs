@@ -24,7 +24,8 @@ pub struct EdgeConfig {
     /// Prometheus metrics listener.
     #[arg(long, env = "EDGE_METRICS_ADDR", default_value = "127.0.0.1:9180")]
     pub metrics_addr: SocketAddr,
-    /// Name of this edge in logs, metrics and events (default: edge-<http port>).
+    /// Name of this edge in logs, metrics and events (default: edge-<http
+    /// port>; edge-<hostname> when listening on 0.0.0.0 or [::]).
     #[arg(long, env = "EDGE_ID")]
     pub edge_id: Option<String>,
 
@@ -316,6 +317,7 @@ impl EdgeConfig {
                 "EDGE_H2_MAX_CONCURRENT_STREAMS must be at least 1 and EDGE_H2_MAX_HEADER_LIST_BYTES at least 1024",
             ));
         }
+        self.listeners_apart()?;
         if let Some(u) = &self.redis_url
             && !u.is_empty()
             && !u.starts_with("redis://")
@@ -324,6 +326,31 @@ impl EdgeConfig {
             return Err(ConfigError::new(
                 "REDIS_URL must start with redis:// or rediss://",
             ));
+        }
+        Ok(())
+    }
+
+    /// Every listener needs a port of its own. Pingora shares one socket
+    /// between services given the same address, and closes it twice: the
+    /// process aborted at start ("IO Safety violation") instead of saying
+    /// what was wrong.
+    fn listeners_apart(&self) -> Result<(), ConfigError> {
+        let all = [
+            ("EDGE_HTTP_ADDR", Some(self.http_addr)),
+            ("EDGE_HTTPS_ADDR", self.https_addr.0),
+            ("EDGE_METRICS_ADDR", Some(self.metrics_addr)),
+        ];
+        for (i, (a_name, a)) in all.iter().enumerate() {
+            for (b_name, b) in &all[i + 1..] {
+                let (Some(a), Some(b)) = (a, b) else { continue };
+                let overlap =
+                    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+                if a.port() != 0 && a.port() == b.port() && overlap {
+                    return Err(ConfigError::new(format!(
+                        "{a_name} ({a}) and {b_name} ({b}) share a port: every listener needs its own"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -347,9 +374,9 @@ impl EdgeConfig {
 
     /// This edge's name.
     pub fn id(&self) -> String {
-        self.edge_id
-            .clone()
-            .unwrap_or_else(|| format!("edge-{}", self.http_addr.port()))
+        self.edge_id.clone().unwrap_or_else(|| {
+            shortlink_runtime::config::default_instance_id("edge", self.http_addr)
+        })
     }
 
     /// Connection hygiene of the public listeners.
@@ -425,6 +452,34 @@ mod tests {
         ] {
             let err = parse(bad).validate().expect_err("refused");
             assert!(!err.0.is_empty(), "{bad:?}");
+        }
+        for (clash, needle) in [
+            (
+                &[
+                    "--http-addr",
+                    "127.0.0.1:8090",
+                    "--https-addr",
+                    "127.0.0.1:8090",
+                ][..],
+                "EDGE_HTTP_ADDR (127.0.0.1:8090) and EDGE_HTTPS_ADDR",
+            ),
+            (
+                &["--metrics-addr", "0.0.0.0:8080"],
+                "EDGE_HTTP_ADDR (127.0.0.1:8080) and EDGE_METRICS_ADDR",
+            ),
+            (
+                &["--https-addr", "[::]:9180"],
+                "EDGE_HTTPS_ADDR ([::]:9180) and EDGE_METRICS_ADDR",
+            ),
+        ] {
+            let err = parse(clash).validate().expect_err("refused");
+            assert!(err.0.contains(needle), "{clash:?}: {}", err.0);
+        }
+        for apart in [
+            &["--https-addr", "off", "--metrics-addr", "127.0.0.1:8443"][..],
+            &["--metrics-addr", "127.0.0.2:8080"],
+        ] {
+            assert!(parse(apart).validate().is_ok(), "{apart:?}");
         }
         let c = parse(&["--client-prefix-v6", "56", "--rate-limit-shared", "false"]);
         assert!(c.validate().is_ok());
