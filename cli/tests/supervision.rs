@@ -868,6 +868,10 @@ mod engine_stub {
     pub struct Engine {
         pub containers: Arc<Mutex<BTreeMap<String, Container>>>,
         pub calls: Arc<Mutex<Vec<String>>>,
+        /// While set, container listings hang (a Docker daemon that does
+        /// not answer); `held` counts the listings caught.
+        pub hold: Arc<std::sync::atomic::AtomicBool>,
+        pub held: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl Engine {
@@ -880,6 +884,13 @@ mod engine_stub {
     }
 
     async fn list(State(e): State<Engine>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+        use std::sync::atomic::Ordering::SeqCst;
+        if e.hold.load(SeqCst) {
+            e.held.fetch_add(1, SeqCst);
+            while e.hold.load(SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let filters: Value =
             serde_json::from_str(q.get("filters").map(String::as_str).unwrap_or("{}")).unwrap();
         let want: Vec<String> = filters["label"]
@@ -1134,6 +1145,26 @@ async fn the_docker_backend_restarts_exited_and_unhealthy_containers_and_acts_on
         (Some("bbb222"), Some(1)),
         "{l2}"
     );
+
+    // The Engine API hangs: the control API still answers, since the
+    // watchdog observes without holding its state.
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        engine.hold.store(true, SeqCst);
+        let caught = eventually(Duration::from_secs(15), async || {
+            engine.held.load(SeqCst) > 0
+        })
+        .await;
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            control(ctl, &token, "GET", "/components"),
+        )
+        .await;
+        engine.hold.store(false, SeqCst);
+        assert!(caught, "the watchdog never listed the containers again");
+        let (s, v) = answered.expect("GET /components waited for the hung Engine API call");
+        assert_eq!(s, 200, "{v}");
+    }
 
     // Control actions reach the Engine API.
     let (s, v) = control(ctl, &token, "POST", "/components/links-1/pause").await;

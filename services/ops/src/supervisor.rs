@@ -79,6 +79,9 @@ struct Comp {
     expected_exit: Option<String>,
     running_since: Option<Instant>,
     last: Option<Observed>,
+    /// Bumped by every operator action and every start: an observation
+    /// taken before it is stale and is not acted on.
+    epoch: u64,
 }
 
 impl Comp {
@@ -96,6 +99,7 @@ impl Comp {
             expected_exit: None,
             running_since: None,
             last: None,
+            epoch: 0,
         }
     }
 }
@@ -342,9 +346,18 @@ impl Supervisor {
         false
     }
 
+    /// One round: observe every component, then restart what needs it.
+    /// Observing (liveness checks, Engine API calls) can take seconds when
+    /// a component hangs, so it runs without the state lock, and the
+    /// control API answers meanwhile. A component an operator acted on
+    /// while it was being observed is left to the next round.
     async fn tick(&self) -> anyhow::Result<()> {
-        let mut st = self.state.lock().await;
+        let epochs: HashMap<String, u64> = {
+            let st = self.state.lock().await;
+            st.iter().map(|(n, c)| (n.clone(), c.epoch)).collect()
+        };
         let observed = self.backend.observe().await?;
+        let mut st = self.state.lock().await;
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
@@ -356,6 +369,9 @@ impl Supervisor {
             let c = st
                 .entry(name.clone())
                 .or_insert_with(|| Comp::new(o.kind.clone()));
+            if epochs.get(&name).is_some_and(|e| *e != c.epoch) {
+                continue;
+            }
             let up = o.status == Status::Running && o.health == Health::Healthy;
             self.metrics
                 .up
@@ -403,7 +419,7 @@ impl Supervisor {
                     .pending
                     .take()
                     .unwrap_or_else(|| ("exited".into(), "exited"));
-                to_start.push((name.clone(), why, label));
+                to_start.push((name.clone(), why, label, c.epoch));
             }
         }
         drop(st);
@@ -412,7 +428,16 @@ impl Supervisor {
                 tracing::warn!(component = %name, error = format!("{e:#}"), "cannot kill the unhealthy component");
             }
         }
-        for (name, why, label) in to_start {
+        for (name, why, label, epoch) in to_start {
+            {
+                let mut st = self.state.lock().await;
+                let Some(c) = st.get_mut(&name) else { continue };
+                if c.epoch != epoch {
+                    // An operator acted on it since this round observed it.
+                    continue;
+                }
+                c.epoch += 1;
+            }
             let result = self.backend.start(&name).await;
             let mut st = self.state.lock().await;
             let Some(c) = st.get_mut(&name) else { continue };
@@ -491,6 +516,7 @@ impl Supervisor {
         let c = st
             .get_mut(name)
             .ok_or_else(|| ActError::UnknownComponent(name.to_owned()))?;
+        c.epoch += 1;
         let status = c.last.as_ref().map(|o| o.status.clone());
         let running = matches!(status, Some(Status::Running | Status::Paused));
         let backend_err = |e: anyhow::Error| ActError::Backend(format!("{e:#}"));
