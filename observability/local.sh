@@ -5,7 +5,9 @@
 # Prometheus on 127.0.0.1:9090, Alertmanager on 127.0.0.1:9093, sending to
 # the alerter on 127.0.0.1:9183 (ALERTER_URL overrides; under `up --ha` the
 # alerter listens on 9250, HA_DATA_DIR names its data directory, default
-# data/ha). Data in ./data/observability. Ctrl-C stops both.
+# data/ha), and to the dashboard on 127.0.0.1:3000 (DASHBOARD_URL overrides)
+# with the bearer token DASHBOARD_TOKEN, which must be the one the dashboard
+# runs with. Data in ./data/observability. Ctrl-C stops both.
 # Needs the Debian packages prometheus and prometheus-alertmanager.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +30,15 @@ dir="$PWD/observability/prometheus"
 case "$targets" in /*) ;; *) targets="$dir/$targets" ;; esac
 sed -e "s#- rules/#- $dir/rules/#" -e "s#\"targets/#\"$targets/#" \
   observability/prometheus/prometheus-local.yml > "$out/prometheus.yml"
-sed "s#http://alerter:9183#$alerter#" observability/alertmanager/alertmanager.yml \
-  > "$out/alertmanager.yml"
+dashboard="${DASHBOARD_URL:-http://127.0.0.1:3000}"
+# The dashboard's token, in a file of this run only (Alertmanager reads it
+# from a file, never from its configuration).
+(umask 077 && printf '%s' "${DASHBOARD_TOKEN:-}" > "$out/dashboard-token")
+[ -n "${DASHBOARD_TOKEN:-}" ] ||
+  log "warning: DASHBOARD_TOKEN is not set: the dashboard refuses Alertmanager's notifications (no alerts on its incident timeline)"
+sed -e "s#http://alerter:9183#$alerter#" -e "s#http://dashboard:3000#$dashboard#" \
+  -e "s#/run/secrets/dashboard-token#$PWD/$out/dashboard-token#" \
+  observability/alertmanager/alertmanager.yml > "$out/alertmanager.yml"
 
 promtool check config "$out/prometheus.yml" >/dev/null
 amtool check-config "$out/alertmanager.yml" >/dev/null
@@ -39,5 +48,5 @@ prometheus-alertmanager --config.file="$out/alertmanager.yml" --storage.path="$o
   --web.listen-address=127.0.0.1:9093 --cluster.listen-address= &
 prometheus --config.file="$out/prometheus.yml" \
   --storage.tsdb.path="$out/prometheus" --web.listen-address=127.0.0.1:9090 &
-log "Prometheus http://127.0.0.1:9090  Alertmanager http://127.0.0.1:9093  ($topology; alerts to $alerter/alertmanager)"
+log "Prometheus http://127.0.0.1:9090  Alertmanager http://127.0.0.1:9093  ($topology; alerts to $alerter/alertmanager and $dashboard/api/alertmanager)"
 wait

@@ -846,16 +846,31 @@ fn prometheus_overlay(dir: &Path, alertmanager: SocketAddr) -> String {
     serde_norway::to_string(&doc).unwrap()
 }
 
-/// The project's Alertmanager config with the test's alerter and short
-/// waits (a page still waits longer than a warning, which the inhibition
-/// of the burn page relies on).
-fn alertmanager_overlay(alerter: SocketAddr) -> String {
+/// The project's Alertmanager config with the test's alerter, dashboard
+/// and token file, and short waits (a page still waits longer than a
+/// warning, which the inhibition of the burn page relies on).
+fn alertmanager_overlay(alerter: SocketAddr, dashboard: SocketAddr, token_file: &Path) -> String {
     let text = std::fs::read_to_string(obs().join("alertmanager/alertmanager.yml")).unwrap();
-    assert!(text.contains("http://alerter:9183/alertmanager"));
-    let text = text.replace(
+    for needle in [
         "http://alerter:9183/alertmanager",
-        &format!("http://{alerter}/alertmanager"),
-    );
+        "http://dashboard:3000/api/alertmanager",
+        "/run/secrets/dashboard-token",
+    ] {
+        assert!(text.contains(needle), "alertmanager.yml has no {needle}");
+    }
+    let text = text
+        .replace(
+            "http://alerter:9183/alertmanager",
+            &format!("http://{alerter}/alertmanager"),
+        )
+        .replace(
+            "http://dashboard:3000/api/alertmanager",
+            &format!("http://{dashboard}/api/alertmanager"),
+        )
+        .replace(
+            "/run/secrets/dashboard-token",
+            &token_file.display().to_string(),
+        );
     let mut doc: Yaml = serde_norway::from_str(&text).unwrap();
     let route = &mut doc["route"];
     route["group_wait"] = Yaml::from("1s");
@@ -971,6 +986,27 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
 
     let dir = std::env::temp_dir().join(format!("shortlink-obs-e2e-{}", random_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
+
+    // The dashboard, whose incident timeline Alertmanager also posts to,
+    // with the operator token Alertmanager reads from a file.
+    let dash_token = format!("obs-e2e-token-{}", random_suffix());
+    let token_file = dir.join("dashboard-token");
+    std::fs::write(&token_file, &dash_token).unwrap();
+    let dash: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut dashboard = spawn_raw(
+        &["dashboard"],
+        &[
+            ("DASHBOARD_ADDR", dash.to_string()),
+            ("DASHBOARD_TOKEN", dash_token.clone()),
+            (
+                "DASHBOARD_DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", dir.join("dashboard.db").display()),
+            ),
+        ],
+    );
+    wait_http_ok(&mut dashboard, dash, "/ready").await;
+    let timeline = async || http(dash, "GET", "/incidents", &[], b"").await.body;
+
     let (prom, am): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
@@ -979,7 +1015,7 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
     std::fs::write(dir.join("prometheus.yml"), prometheus_overlay(&dir, am)).unwrap();
     std::fs::write(
         dir.join("alertmanager.yml"),
-        alertmanager_overlay(alerter_http),
+        alertmanager_overlay(alerter_http, dash, &token_file),
     )
     .unwrap();
     write_targets(&dir, &edge, &[r1.http, r2.http], alerter_metrics);
@@ -1096,6 +1132,20 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
         .await
         .expect("a resolved embed after the replica came back");
     let recovery_to_resolved = resolved.duration_since(back);
+    // The same notifications reached the dashboard's incident timeline
+    // (with its bearer token, read from the file): a warning is an entry,
+    // opening no incident.
+    let on_timeline = eventually(Duration::from_secs(30), async || {
+        let t = timeline().await;
+        t.contains("ShortlinkTargetDown firing") && t.contains("ShortlinkTargetDown resolved")
+    })
+    .await;
+    assert!(on_timeline, "dashboard timeline: {}", timeline().await);
+    assert!(
+        timeline().await.contains(r#"id="open-count">0<"#),
+        "a warning opened an incident: {}",
+        timeline().await
+    );
     eprintln!(
         "e2e timings: kill -> Discord embed {:.1} s; recovery -> resolved {:.1} s \
          (scrape and evaluation 1 s, for: 3 s, group_wait 1 s, group_interval 2 s)",
@@ -1204,11 +1254,19 @@ async fn alerts_travel_from_prometheus_through_alertmanager_and_the_alerter_to_d
         "e2e timings: database cut -> availability page {:.1} s",
         cut_to_page.as_secs_f64()
     );
+    // The page opened an incident on the dashboard's timeline.
+    let opened = eventually(Duration::from_secs(30), async || {
+        let t = timeline().await;
+        t.contains("ShortlinkAvailabilityBurnRateFast firing")
+            && t.contains(r#"id="open-count">1<"#)
+    })
+    .await;
+    assert!(opened, "dashboard timeline: {}", timeline().await);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = writer.await;
     proxy.restore().await;
-    drop((alerter, edge, r1, r2));
+    drop((alerter, dashboard, edge, r1, r2));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
