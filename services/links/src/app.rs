@@ -269,7 +269,10 @@ impl App {
             anyhow::anyhow!("cannot listen on LINKS_HTTP_ADDR {}: {e}", cfg.http_addr)
         })?;
         let instance = cfg.instance_id.clone().unwrap_or_else(|| {
-            format!("links-{}", grpc.local_addr().map(|a| a.port()).unwrap_or(0))
+            shortlink_runtime::config::default_instance_id(
+                "links",
+                grpc.local_addr().unwrap_or(cfg.grpc_addr),
+            )
         });
         let metrics = Metrics::new("links", &instance);
         let bus = match bus {
