@@ -71,6 +71,55 @@ pub fn router(
         .with_state(state)
 }
 
+/// The side port of a component with no dependency to check (consumers,
+/// the watchdog, backups): `/metrics`, `/live`, and `/ready`, which is
+/// ready whenever the process answers.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/ready",
+            get(|| async { axum::Json(json!({"status": "ready"})) }),
+        )
+        .merge(live_router())
+}
+
+/// `GET /live` alone, to merge into a component's own HTTP router.
+pub fn live_router() -> Router {
+    Router::new().route(
+        "/live",
+        get(|| async { axum::Json(json!({"status": "alive"})) }),
+    )
+}
+
+/// Binds `addr` (`what` names its setting in the error, for example
+/// `CONSUMER_METRICS_ADDR`) and serves `router` in the background until
+/// `shutdown` fires; returns the bound address.
+pub async fn spawn_serve(
+    addr: std::net::SocketAddr,
+    what: &str,
+    router: Router,
+    shutdown: Shutdown,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {what} {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(serve(listener, router, shutdown));
+    Ok(local)
+}
+
 /// Serves `router` on an already-bound listener until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,

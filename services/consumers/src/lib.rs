@@ -83,44 +83,22 @@ pub async fn serve_http(
     router: axum::Router,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {what} {addr}: {e}"))?;
-    let router = router.route(
-        "/live",
-        axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-    });
+    let router = router.merge(shortlink_runtime::side_port::live_router());
+    shortlink_runtime::side_port::spawn_serve(addr, what, router, shutdown).await?;
     Ok(())
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `/live` on `addr` until
-/// shutdown: `CONSUMER_METRICS_ADDR`.
+/// Serves `GET /metrics` (Prometheus text), `/live` and `/ready` on `addr`
+/// until shutdown: `CONSUMER_METRICS_ADDR`.
 pub async fn serve_metrics(
     addr: std::net::SocketAddr,
     metrics: std::sync::Arc<shortlink_runtime::metrics::Metrics>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let router = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    m.render(),
-                )
-            }
-        }),
-    );
-    serve_http(addr, "CONSUMER_METRICS_ADDR", router, shutdown).await
+    let router = shortlink_runtime::side_port::metrics_router(metrics);
+    shortlink_runtime::side_port::spawn_serve(addr, "CONSUMER_METRICS_ADDR", router, shutdown)
+        .await?;
+    Ok(())
 }
 
 /// Collects a batch: waits for a first event (or shutdown), then takes what

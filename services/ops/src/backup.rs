@@ -224,18 +224,36 @@ pub struct Taken {
     pub duration: Duration,
 }
 
-fn tool(name: &str) -> anyhow::Result<()> {
-    match std::process::Command::new(name)
-        .arg("--version")
+/// Runs a PostgreSQL client tool (`pg_dump`, `pg_restore`) with `args`
+/// against the database `url`, its password passed as `PGPASSWORD` (never
+/// on the command line); the tool's stderr is the error when it fails.
+async fn pg_tool(name: &str, url: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let (url, password) = split_password(url);
+    let mut cmd = tokio::process::Command::new(name);
+    cmd.args(args)
+        .arg("--dbname")
+        .arg(&url)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => Ok(()),
-        Err(_) => bail!(
+        .stderr(Stdio::piped());
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = match cmd.output().await {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "{name} is not installed: install the PostgreSQL client tools (Debian: apt-get install postgresql-client; ./scripts/test.sh and ./scripts/ha.sh do)"
         ),
+        Err(e) => return Err(e).with_context(|| format!("running {name}")),
+    };
+    if !out.status.success() {
+        bail!(
+            "{name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
+    Ok(())
 }
 
 /// Takes one backup of `db` into `dir`.
@@ -256,27 +274,11 @@ pub async fn take(db: &Db, dir: &Path) -> anyhow::Result<Taken> {
     let result = async {
         match db {
             Db::Postgres(url) => {
-                tool("pg_dump")?;
-                let (url, password) = split_password(url);
-                let mut cmd = tokio::process::Command::new("pg_dump");
-                cmd.args(["--format=custom", "--no-owner", "--no-privileges", "--file"])
-                    .arg(&tmp)
-                    .arg("--dbname")
-                    .arg(&url)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
-                if let Some(p) = password {
-                    cmd.env("PGPASSWORD", p);
-                }
-                let out = cmd.output().await.context("running pg_dump")?;
-                if !out.status.success() {
-                    bail!(
-                        "pg_dump failed ({}): {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
+                let file = tmp.as_os_str();
+                let args = ["--format=custom", "--no-owner", "--no-privileges", "--file"];
+                let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+                all.push(file);
+                pg_tool("pg_dump", url, &all).await?;
             }
             Db::Sqlite(file) => {
                 if !file.exists() {
@@ -466,34 +468,19 @@ pub async fn restore(db: &Db, file: &Path, force: bool) -> anyhow::Result<Counts
     }
     match db {
         Db::Postgres(url) => {
-            tool("pg_restore")?;
-            let (url, password) = split_password(url);
-            let mut cmd = tokio::process::Command::new("pg_restore");
-            cmd.args([
+            let args = [
                 "--no-owner",
                 "--no-privileges",
                 "--exit-on-error",
                 "--single-transaction",
                 "--clean",
                 "--if-exists",
-                "--dbname",
-            ])
-            .arg(&url)
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-            if let Some(p) = password {
-                cmd.env("PGPASSWORD", p);
-            }
-            let out = cmd.output().await.context("running pg_restore")?;
-            if !out.status.success() {
-                bail!(
-                    "pg_restore failed ({}); the restore ran in one transaction, so the database is as before: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            ];
+            let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            all.push(file.as_os_str());
+            pg_tool("pg_restore", url, &all)
+                .await
+                .context("the restore ran in one transaction, so the database is as before")?;
         }
         Db::Sqlite(target) => {
             let dir = target.parent().unwrap_or(Path::new("."));
@@ -762,42 +749,14 @@ pub async fn run(args: BackupArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `/metrics` and `/live` on `addr` until `shutdown`.
+/// Serves `/metrics`, `/live` and `/ready` on `addr` until `shutdown`.
 pub async fn serve_metrics(
     addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
-    let local = listener.local_addr()?;
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        m.render(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/live",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
-        );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-    });
-    Ok(local)
+    let router = shortlink_runtime::side_port::metrics_router(metrics);
+    shortlink_runtime::side_port::spawn_serve(addr, "BACKUP_METRICS_ADDR", router, shutdown).await
 }
 
 /// `shortlink restore`.

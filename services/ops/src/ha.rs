@@ -568,38 +568,9 @@ async fn serve_side(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        m.render(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/live",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
-        )
-        .route(
-            "/ready",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ready"})) }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow!("cannot listen on WATCHDOG_METRICS_ADDR {addr}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-    });
+    let router = shortlink_runtime::side_port::metrics_router(metrics);
+    shortlink_runtime::side_port::spawn_serve(addr, "WATCHDOG_METRICS_ADDR", router, shutdown)
+        .await?;
     Ok(())
 }
 
