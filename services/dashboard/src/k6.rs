@@ -26,9 +26,17 @@ pub const LIB: &str = include_str!("../../../k6/lib.js");
 
 /// The presets: (name, virtual users, what it is for).
 pub const PRESETS: &[(&str, u32, &str)] = &[
-    ("bronze", 50, "redirect mix: a smoke test"),
-    ("silver", 200, "redirect mix"),
-    ("gold", 500, "redirect mix: the capacity target"),
+    (
+        "bronze",
+        50,
+        "the original's journey for 30 s: a smoke test",
+    ),
+    ("silver", 200, "the journey, ramping to 200 users"),
+    (
+        "gold",
+        500,
+        "the journey, ramping to 500 users: the capacity target",
+    ),
     ("stress", 1000, "ramps up to find the knee"),
     (
         "chaos",

@@ -61,7 +61,7 @@ pub async fn page(State(s): State<AppState>, headers: HeaderMap) -> Response {
                 div.card { h3 { "throughput" } p.big #s-rps { "—" } }
                 div.card { h3 { "requests" } p.big #s-requests { "—" } }
                 div.card { h3 { "p50 / p95 / max" } p.big #s-lat { "—" } }
-                div.card { h3 { "failed requests" } p.big #s-err { "—" } p.muted title="k6's http_req_failed counts every 4xx and 5xx; the redirect mix asks for 10% unknown codes on purpose" { "any 4xx/5xx (the mix's 10% 404s too)" } }
+                div.card { h3 { "failed requests" } p.big #s-err { "—" } p.muted title="k6's http_req_failed: no response, or a 4xx/5xx the journey did not expect" { "no answer, or an unexpected 4xx/5xx" } }
                 div.card { h3 { "virtual users" } p.big #s-vus { "—" } }
             }
             pre #k6-log.muted {}
