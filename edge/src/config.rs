@@ -25,7 +25,7 @@ pub struct EdgeConfig {
     #[arg(long, env = "EDGE_METRICS_ADDR", default_value = "127.0.0.1:9180")]
     pub metrics_addr: SocketAddr,
     /// Name of this edge in logs, metrics and events (default: edge-<http
-    /// port>; edge-<hostname> when listening on 0.0.0.0 or [::]).
+    /// port>; edge-<hostname>-<port> when listening on 0.0.0.0 or [::]).
     #[arg(long, env = "EDGE_ID")]
     pub edge_id: Option<String>,
 

@@ -18,8 +18,8 @@ impl ConfigError {
 
 /// The default name of an instance that was given none (`INSTANCE_ID`,
 /// `EDGE_ID`): `<component>-<port>` when it listens on a specific address,
-/// so several on one host differ by port; `<component>-<hostname>` when it
-/// listens on every interface (`0.0.0.0`, `[::]`), as it does in a
+/// so several on one host differ by port; `<component>-<hostname>-<port>`
+/// when it listens on every interface (`0.0.0.0`, `[::]`), as it does in a
 /// container, where every replica of `docker compose up --scale` has the
 /// same port and its own hostname (the container id).
 pub fn default_instance_id(component: &str, listen: std::net::SocketAddr) -> String {
@@ -30,7 +30,7 @@ pub fn default_instance_id(component: &str, listen: std::net::SocketAddr) -> Str
         .flatten()
         .filter(|h| !h.is_empty());
     match host {
-        Some(h) => format!("{component}-{h}"),
+        Some(h) => format!("{component}-{h}-{}", listen.port()),
         None => format!("{component}-{}", listen.port()),
     }
 }
@@ -56,7 +56,7 @@ mod tests {
         for any in ["0.0.0.0:50061", "[::]:50061"] {
             assert_eq!(
                 default_instance_id("links", any.parse().unwrap()),
-                format!("links-{host}")
+                format!("links-{host}-50061")
             );
         }
     }

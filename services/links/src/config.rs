@@ -79,7 +79,7 @@ pub struct LinksConfig {
     #[arg(long, env = "LINKS_HTTP_ADDR", default_value = "127.0.0.1:9181")]
     pub http_addr: SocketAddr,
     /// Name of this replica in logs, metrics and /health (default:
-    /// links-<grpc port>; links-<hostname> when listening on 0.0.0.0 or [::],
+    /// links-<grpc port>; links-<hostname>-<port> when listening on 0.0.0.0 or [::],
     /// as scaled containers do).
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,

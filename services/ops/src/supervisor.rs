@@ -516,7 +516,6 @@ impl Supervisor {
         let c = st
             .get_mut(name)
             .ok_or_else(|| ActError::UnknownComponent(name.to_owned()))?;
-        c.epoch += 1;
         let status = c.last.as_ref().map(|o| o.status.clone());
         let running = matches!(status, Some(Status::Running | Status::Paused));
         let backend_err = |e: anyhow::Error| ActError::Backend(format!("{e:#}"));
@@ -584,6 +583,9 @@ impl Supervisor {
             }
             _ => unreachable!("checked against ACTIONS"),
         }
+        // What a round observed before this action is stale now (a refused
+        // action changed nothing and leaves the round alone).
+        c.epoch += 1;
         let restarts = c.restarts;
         drop(st);
         self.metrics
