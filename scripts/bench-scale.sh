@@ -32,9 +32,14 @@ ensure_redis
 ensure_apt_pkg wrk wrk
 psqlq() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres "$@"; }
 
-log "building release binary"
-cargo build --release --locked -p shortlink --bin shortlink
-bin="${CARGO_TARGET_DIR:-target}/release/shortlink"
+# SHORTLINK_BIN=<path> measures that binary instead (an older commit's,
+# to tell a regression of the code from a slower machine in the same hour).
+bin="${SHORTLINK_BIN:-}"
+if [ -z "$bin" ]; then
+  log "building release binary"
+  cargo build --release --locked -p shortlink --bin shortlink
+  bin="${CARGO_TARGET_DIR:-target}/release/shortlink"
+fi
 work=$(mktemp -d /tmp/shortlink-benchscale.XXXXXX)
 
 # --- the seed-sized database: fresh every run ------------------------------
