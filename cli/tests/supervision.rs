@@ -195,97 +195,10 @@ async fn healthy_replicas(edge: SocketAddr) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bounded redirect load from `clients` clients on `edge`: (failed,
-/// total, slowest).
-struct Timed {
-    tasks: Vec<tokio::task::JoinHandle<(u64, u64, Duration)>>,
-    statuses: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Timed {
-    fn start(edge: SocketAddr, code: &str, clients: usize) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (path, stop, statuses, done) = (
-                    format!("/{code}"),
-                    stop.clone(),
-                    statuses.clone(),
-                    done.clone(),
-                );
-                tokio::spawn(async move {
-                    let (mut failed, mut total, mut slowest) = (0, 0, Duration::ZERO);
-                    let end = Instant::now() + Duration::from_secs(120);
-                    // Bounded in count and time.
-                    for _ in 0..200_000 {
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > end {
-                            break;
-                        }
-                        let t = Instant::now();
-                        // A refused or reset connection is a failure (status 0),
-                        // counted like any other.
-                        let status = get_status(edge, &path).await;
-                        slowest = slowest.max(t.elapsed());
-                        total += 1;
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if status != 302 {
-                            failed += 1;
-                            statuses.lock().unwrap().push(status);
-                        }
-                    }
-                    (failed, total, slowest)
-                })
-            })
-            .collect();
-        Self {
-            tasks,
-            stop,
-            statuses,
-            done,
-        }
-    }
-
-    /// Requests answered so far.
-    fn done(&self) -> u64 {
-        self.done.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The statuses of the failed requests (0: no connection).
-    fn failures(&self) -> Vec<u16> {
-        self.statuses.lock().unwrap().clone()
-    }
-
-    async fn finish(self) -> (u64, u64, Duration) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut r = (0, 0, Duration::ZERO);
-        for t in self.tasks {
-            let (f, n, s) = t.await.unwrap();
-            r = (r.0 + f, r.1 + n, r.2.max(s));
-        }
-        r
-    }
-}
-
-/// `GET path`: the status, or 0 when the connection fails at any point.
-async fn get_status(addr: SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_secs(30), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0)
+/// Bounded redirect load from `clients` clients on `edge` (at most 120 s
+/// and 200,000 requests each).
+fn timed(edge: SocketAddr, code: &str, clients: usize) -> support::Load {
+    support::Load::start(edge, code, clients, 120, 200_000)
 }
 
 /// Collects the OpsEvents of a topic prefix.
@@ -422,7 +335,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
     assert_eq!((s, e["error"].is_string()), (400, true), "{e}");
 
     // 1. SIGKILL a links replica under load through both edges.
-    let load = [Timed::start(a, &code, 4), Timed::start(b, &code, 4)];
+    let load = [timed(a, &code, 4), timed(b, &code, 4)];
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = component(ha.watchdog, &ha.token, "links-2").await;
     let t = Instant::now();
@@ -446,13 +359,13 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
     let back_in_rotation = t.elapsed();
     // Enough requests for a 0.1 % bound to mean something.
     eventually(Duration::from_secs(30), async || {
-        load.iter().map(Timed::done).sum::<u64>() >= 2000
+        load.iter().map(support::Load::done).sum::<u64>() >= 2000
     })
     .await;
     let mut failed = 0;
     let mut total = 0;
     for l in load {
-        let (f, n, _) = l.finish().await;
+        let (f, n) = l.finish_now().await;
         failed += f;
         total += n;
     }
@@ -479,7 +392,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
     assert_eq!(ev["reason"], "killed by operator", "{ev}");
 
     // 2. Kill edge A: clients of edge B see nothing; A is back within 5 s.
-    let load_b = Timed::start(b, &code, 4);
+    let load_b = timed(b, &code, 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = Instant::now();
     let (s, _) = control(ha.watchdog, &ha.token, "POST", "/components/edge-1/kill").await;
@@ -493,7 +406,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
     );
     let edge_back = t.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (f, n, _) = load_b.finish().await;
+    let (f, n) = load_b.finish_now().await;
     println!("edge kill: back after {edge_back:?}; edge B clients: {f} of {n} failed");
     assert_eq!(f, 0, "clients of the other edge saw {f} failures of {n}");
     assert!(n > 50, "too little load on edge B: {n}");
@@ -501,7 +414,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
     // 3. Pause a replica (a hung process): the edges eject it, no request
     // waits longer than the upstream timeout (1 s here), and the watchdog
     // leaves it paused.
-    let load = [Timed::start(a, &code, 4), Timed::start(b, &code, 4)];
+    let load = [timed(a, &code, 4), timed(b, &code, 4)];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (s, v) = control(ha.watchdog, &ha.token, "POST", "/components/links-3/pause").await;
     assert_eq!((s, v["state"].as_str()), (200, Some("paused")), "{v}");
@@ -532,7 +445,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
     let (mut failed, mut total) = (0, 0);
     let statuses: Vec<u16> = load.iter().flat_map(|l| l.failures()).collect();
     for l in load {
-        let (f, n, s) = l.finish().await;
+        let (f, n, s) = l.finish_now_timed().await;
         failed += f;
         total += n;
         slowest = slowest.max(s);
@@ -600,7 +513,7 @@ async fn up_ha_runs_the_topology_and_the_watchdog_heals_kills_and_pauses() {
 /// `GET path` answers 200; any connection error is a no (the process may
 /// be dying or starting).
 async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
-    tokio::time::timeout(Duration::from_secs(2), get_status(addr, path))
+    tokio::time::timeout(Duration::from_secs(2), support::get_status(addr, path))
         .await
         .is_ok_and(|s| s == 200)
 }

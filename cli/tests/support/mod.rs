@@ -336,11 +336,17 @@ pub async fn user_and_link(edge: SocketAddr, name: &str) -> (i64, String) {
 }
 
 /// Redirect load from `clients` concurrent clients for at most `secs`
-/// seconds and `max` requests each; a request fails unless it gets 302.
+/// seconds and `max` requests each; a request fails unless it gets 302 (a
+/// refused or reset connection is a failed request, status 0, never a
+/// panic of the client).
 pub struct Load {
     failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
     done: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The statuses of the failed requests (0: no connection or no answer).
+    statuses: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    /// The slowest request, in microseconds.
+    slowest_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -349,29 +355,27 @@ impl Load {
         use std::sync::atomic::{AtomicU64, Ordering};
         let failures = std::sync::Arc::new(AtomicU64::new(0));
         let done = std::sync::Arc::new(AtomicU64::new(0));
+        let slowest_us = std::sync::Arc::new(AtomicU64::new(0));
+        let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|_| {
-                let (path, failures, done) = (format!("/{code}"), failures.clone(), done.clone());
-                let stop = stop.clone();
+                let path = format!("/{code}");
+                let (failures, done, stop) = (failures.clone(), done.clone(), stop.clone());
+                let (statuses, slowest_us) = (statuses.clone(), slowest_us.clone());
                 tokio::spawn(async move {
                     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
                     for _ in 0..max {
                         if tokio::time::Instant::now() >= end || stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        // A refused connection counts as a failure too.
-                        let ok = match tokio::net::TcpStream::connect(addr).await {
-                            Ok(_) => {
-                                shortlink_testkit::http(addr, "GET", &path, &[], b"")
-                                    .await
-                                    .status
-                                    == 302
-                            }
-                            Err(_) => false,
-                        };
-                        if !ok {
+                        let t = std::time::Instant::now();
+                        let status = get_status(addr, &path).await;
+                        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        slowest_us.fetch_max(us, Ordering::Relaxed);
+                        if status != 302 {
                             failures.fetch_add(1, Ordering::Relaxed);
+                            statuses.lock().unwrap().push(status);
                         }
                         done.fetch_add(1, Ordering::Relaxed);
                     }
@@ -382,18 +386,42 @@ impl Load {
             failures,
             done,
             stop,
+            statuses,
+            slowest_us,
             tasks,
         }
     }
 
+    /// Requests answered (or failed) so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The statuses of the failed requests so far (0: no connection).
+    pub fn failures(&self) -> Vec<u16> {
+        self.statuses.lock().unwrap().clone()
+    }
+
     /// Stops the clients after their current request: (failed, total).
     pub async fn finish_now(self) -> (u64, u64) {
+        let (f, n, _) = self.finish_now_timed().await;
+        (f, n)
+    }
+
+    /// Stops the clients after their current request: (failed, total,
+    /// slowest request).
+    pub async fn finish_now_timed(self) -> (u64, u64, Duration) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.finish().await
+        self.finish_timed().await
     }
 
     /// Waits for the clients: (failed, total).
     pub async fn finish(self) -> (u64, u64) {
+        let (f, n, _) = self.finish_timed().await;
+        (f, n)
+    }
+
+    async fn finish_timed(self) -> (u64, u64, Duration) {
         use std::sync::atomic::Ordering;
         for t in self.tasks {
             t.await.expect("load client");
@@ -401,8 +429,28 @@ impl Load {
         (
             self.failures.load(Ordering::Relaxed),
             self.done.load(Ordering::Relaxed),
+            Duration::from_micros(self.slowest_us.load(Ordering::Relaxed)),
         )
     }
+}
+
+/// `GET path`: the status, or 0 when the connection fails at any point
+/// (refused, reset, no answer within 30 s).
+pub async fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// Environment of a links replica on `db` with Redis and a fresh cache
