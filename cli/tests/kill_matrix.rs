@@ -120,22 +120,12 @@ fn kill_matrix_short() {
     });
     let work = tempfile_dir();
     let json = work.join("result.json");
-    // Ports of its own: below the kernel's ephemeral range (where other
-    // tests' free ports come from) and below the 20000-31999 blocks of
-    // cli/tests/supervision.rs, away from the full matrix's default block;
-    // a block something still holds is skipped.
-    let mut base = 10_000 + (std::process::id() % 45) as u16 * 200;
-    for _ in 0..45 {
-        let free = [
-            0u16, 1, 2, 3, 10, 11, 20, 21, 30, 31, 32, 40, 50, 51, 100, 110, 160,
-        ]
-        .iter()
-        .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
-        if free {
-            break;
-        }
-        base = 10_000 + (base - 10_000 + 200) % 9_000;
-    }
+    // Ports of its own: a claimed block (the full matrix,
+    // scripts/kill-matrix.sh, uses 27000 and up by default: do not run it
+    // while the tests run).
+    let base = support::port_block(&[
+        0, 1, 2, 3, 10, 11, 20, 21, 30, 31, 32, 40, 50, 51, 100, 110, 160,
+    ]);
     let out = Command::new("python3")
         .current_dir(root())
         .args([

@@ -12,26 +12,6 @@ use serde_json::Value;
 use shortlink_testkit::{TestDb, eventually, free_port, http, http_get, random_suffix};
 use support::{BIN, Proc, kafka_brokers, post_json};
 
-/// A block of 100 ports below the ephemeral range (which `free_port` and
-/// the kernel hand out), so that the consecutive ports of `up --ha` do not
-/// collide with other tests' ports.
-fn port_block() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let pid_part = (std::process::id() % 40) as u16;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let base = 20_000 + ((pid_part * 3 + n) % 120) * 100;
-        // Skip a block a stray process still holds.
-        let free = [0u16, 1, 2, 3, 14, 24, 80, 85, 90, 91]
-            .iter()
-            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
-        if free {
-            return base;
-        }
-    }
-}
-
 fn tmp_dir(what: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("shortlink-{what}-{}", random_suffix()));
     std::fs::create_dir_all(&d).unwrap();
@@ -89,7 +69,7 @@ impl Ha {
         let db = TestDb::new().await;
         shortlink_testkit::require_redis().await;
         let brokers = kafka_brokers();
-        let base = port_block();
+        let base = support::port_block(&[0, 1, 2, 3, 14, 24, 80, 85, 90, 91, 92]);
         let dir = tmp_dir("ha");
         let out = dir.join("stdout.log");
         let prefix = format!("ha{}.", random_suffix());
@@ -521,14 +501,23 @@ async fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_supervisor_leaves_no_children_behind() {
     let ha = Ha::start(&[]).await;
-    let (_, list) = control(ha.watchdog, &ha.token, "GET", "/components").await;
-    let pids: Vec<u64> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["pid"].as_u64())
-        .collect();
-    assert_eq!(pids.len(), 10, "{list}");
+    let pids = async || {
+        let (_, list) = control(ha.watchdog, &ha.token, "GET", "/components").await;
+        let pids: Vec<u64> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["pid"].as_u64())
+            .collect();
+        (pids, list)
+    };
+    // Every child observed running (the watchdog's first round).
+    assert!(
+        eventually(Duration::from_secs(10), async || pids().await.0.len() == 10).await,
+        "{}",
+        pids().await.1
+    );
+    let (pids, _) = pids().await;
     let mut ha = ha;
     ha.proc.signal("KILL");
     let _ = ha.proc.wait_exit(Duration::from_secs(5)).await;

@@ -335,6 +335,46 @@ pub async fn user_and_link(edge: SocketAddr, name: &str) -> (i64, String) {
     (l["id"].as_i64().unwrap_or_default(), code)
 }
 
+/// A block of 200 consecutive loopback ports for a topology with fixed
+/// port offsets (`up --ha`, the kill matrix), between 10000 and 31999:
+/// below the kernel's ephemeral range, where `free_port` and outgoing
+/// connections take theirs. Every test binary claims its block with a lock
+/// file held until the process exits (the kernel drops it even on
+/// SIGKILL), so two tests never share one; a block where one of `probe`
+/// (offsets) is still bound by a stray process is skipped.
+pub fn port_block(probe: &[u16]) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const BLOCKS: u16 = 110;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    assert!(probe.iter().all(|o| *o < 200), "offsets within the block");
+    let start = (std::process::id() % u32::from(BLOCKS)) as u16;
+    for _ in 0..BLOCKS * 2 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = 10_000 + ((start + n) % BLOCKS) * 200;
+        let lock = std::env::temp_dir().join(format!("shortlink-test-ports-{base}.lock"));
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // another test process holds this block
+        }
+        let free = probe
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if free {
+            HELD.lock().unwrap().push(file);
+            return base;
+        }
+    }
+    panic!("no free block of 200 ports between 10000 and 31999");
+}
+
 /// Redirect load from `clients` concurrent clients for at most `secs`
 /// seconds and `max` requests each; a request fails unless it gets 302 (a
 /// refused or reset connection is a failed request, status 0, never a
